@@ -1,0 +1,237 @@
+"""ffmpeg access: locating the binary, probing files, streaming frames and decoding audio.
+
+The system ffmpeg is used when on PATH; otherwise the binary shipped inside the ``imageio-ffmpeg`` wheel,
+so a fresh machine with no system ffmpeg still works. ffprobe is not assumed: probing parses
+``ffmpeg -i`` output, which every ffmpeg build (including imageio-ffmpeg's) provides.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from pipeline.io import PipelineError
+
+
+@functools.lru_cache(maxsize=1)
+def ffmpeg_binary() -> str:
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    try:
+        import imageio_ffmpeg
+    except ImportError as err:  # pragma: no cover - imageio-ffmpeg is a required dependency
+        raise PipelineError("ffmpeg not found on PATH and imageio-ffmpeg is not installed") from err
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """What ``ffmpeg -i`` says of a media file."""
+
+    path: Path
+    duration: float | None  # seconds, container duration
+    width: int | None
+    height: int | None
+    fps: float | None  # nominal frame rate of the video stream
+    rotation: int  # display rotation in degrees (phone videos), applied by ffmpeg's autorotate
+    has_video: bool
+    has_audio: bool
+    audio_rate: int | None
+
+    @property
+    def display_size(self) -> tuple[int, int] | None:
+        """(width, height) after ffmpeg's autorotation."""
+        if self.width is None or self.height is None:
+            return None
+        if self.rotation % 180 == 90:
+            return self.height, self.width
+        return self.width, self.height
+
+
+_DURATION = re.compile(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
+_VIDEO = re.compile(r"Stream #\S+.*?: Video: (?P<rest>.*)")
+_AUDIO = re.compile(r"Stream #\S+.*?: Audio: (?P<rest>.*)")
+_SIZE = re.compile(r"(?<![0-9x])(\d{2,5})x(\d{2,5})(?![0-9x])")
+_FPS = re.compile(r"(\d+(?:\.\d+)?)\s*(?:fps|tbr)")
+_RATE = re.compile(r"(\d+)\s*Hz")
+_ROTATE = re.compile(r"(?:rotate\s*:\s*|rotation of\s*)(-?\d+(?:\.\d+)?)")
+
+
+def probe(path: str | Path) -> StreamInfo:
+    """Probe a media file; raises PipelineError naming the file when it is missing or unreadable."""
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"{path}: file not found")
+    if not path.is_file():
+        raise PipelineError(f"{path}: not a file")
+    proc = subprocess.run(
+        [ffmpeg_binary(), "-hide_banner", "-nostdin", "-i", str(path)],
+        capture_output=True,
+        text=True,
+        errors="replace",
+    )
+    text = proc.stderr
+    if "Invalid data found" in text or "could not find codec parameters" in text.lower() or (
+        "Stream #" not in text
+    ):
+        raise PipelineError(f"{path}: not a readable media file (corrupt, truncated or unknown format)")
+    duration = None
+    if m := _DURATION.search(text):
+        duration = int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3])
+    width = height = None
+    fps = None
+    has_video = False
+    if m := _VIDEO.search(text):
+        rest = m["rest"]
+        # cover art in audio files is an attached picture, not a video
+        if "attached pic" not in rest:
+            has_video = True
+            if s := _SIZE.search(rest):
+                width, height = int(s[1]), int(s[2])
+            if f := _FPS.search(rest):
+                fps = float(f[1])
+    has_audio = False
+    audio_rate = None
+    if m := _AUDIO.search(text):
+        has_audio = True
+        if r := _RATE.search(m["rest"]):
+            audio_rate = int(r[1])
+    rotation = 0
+    if m := _ROTATE.search(text):
+        rotation = int(round(float(m[1]))) % 360
+    return StreamInfo(path, duration, width, height, fps, rotation, has_video, has_audio, audio_rate)
+
+
+def _run_checked(cmd: list[str], path: Path, what: str) -> bytes:
+    proc = subprocess.run(cmd, capture_output=True)
+    if proc.returncode != 0:
+        tail = proc.stderr.decode(errors="replace").strip().splitlines()[-3:]
+        raise PipelineError(f"{path}: ffmpeg could not {what}: {' | '.join(tail)}")
+    return proc.stdout
+
+
+def decode_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
+    """Decode the first audio stream of any media file to mono float32 at ``sample_rate``."""
+    path = Path(path)
+    info = probe(path)
+    if not info.has_audio:
+        raise PipelineError(f"{path}: has no audio stream")
+    # rematrix_maxval 1 makes the downmix a weighted mean of the channels; ffmpeg's default gives each
+    # stereo channel 1/sqrt(2), so identical channels came out 3 dB louder than mono (and could clip).
+    raw = _run_checked(
+        [ffmpeg_binary(), "-nostdin", "-v", "error", "-i", str(path), "-vn", "-map", "0:a:0",
+         "-rematrix_maxval", "1.0", "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "-"],
+        path,
+        "decode its audio",
+    )
+    return np.frombuffer(raw, dtype="<f4").copy()
+
+
+def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int) -> None:
+    """Write mono float samples as 16-bit PCM WAV, atomically."""
+    import soundfile
+
+    from pipeline.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        soundfile.write(str(tmp), np.clip(samples, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+
+
+def iter_frames(
+    path: str | Path,
+    fps: float | None = None,
+    size: tuple[int, int] | None = None,
+    crop: tuple[int, int, int, int] | None = None,
+    pad_square: bool = False,
+) -> Iterator[np.ndarray]:
+    """Stream RGB uint8 frames [H,W,3] one at a time (constant memory in video length).
+
+    ``fps`` resamples to a constant rate (duplicating/dropping frames of VFR input); ``crop`` is
+    (x, y, w, h) in display pixels, applied before ``size`` (w, h). Crops reaching outside the frame are
+    padded with edge-replicated pixels via ffmpeg's ``pad`` filter when ``pad_square`` is set.
+    """
+    path = Path(path)
+    info = probe(path)
+    if not info.has_video:
+        raise PipelineError(f"{path}: has no video stream")
+    filters = []
+    if fps is not None:
+        filters.append(f"fps={fps}")
+    out_w, out_h = info.display_size or (0, 0)
+    if crop is not None:
+        x, y, w, h = crop
+        if pad_square:
+            # pad so the crop is always inside, then crop in padded coordinates
+            pad = max(0, -x, -y, x + w - out_w, y + h - out_h)
+            if pad > 0:
+                filters.append(f"pad=iw+{2 * pad}:ih+{2 * pad}:{pad}:{pad}:color=black")
+                x, y = x + pad, y + pad
+        filters.append(f"crop={w}:{h}:{x}:{y}")
+        out_w, out_h = w, h
+    if size is not None:
+        filters.append(f"scale={size[0]}:{size[1]}:flags=area")
+        out_w, out_h = size
+    cmd = [ffmpeg_binary(), "-nostdin", "-v", "error", "-i", str(path), "-map", "0:v:0", "-an"]
+    if filters:
+        cmd += ["-vf", ",".join(filters)]
+    cmd += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    frame_bytes = out_w * out_h * 3
+    if frame_bytes <= 0:
+        raise PipelineError(f"{path}: could not read the video's frame size")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    try:
+        while True:
+            buf = proc.stdout.read(frame_bytes)
+            if len(buf) < frame_bytes:
+                break
+            yield np.frombuffer(buf, dtype=np.uint8).reshape(out_h, out_w, 3)
+    finally:
+        proc.stdout.close()
+        proc.kill()
+        proc.wait()
+
+
+def encode_video(
+    frames: Iterator[np.ndarray],
+    path: str | Path,
+    fps: float,
+    audio: str | Path | None = None,
+    crf: int = 18,
+) -> None:
+    """Encode RGB uint8 frames to H.264/yuv420p MP4 (audio muxed as AAC), atomically."""
+    from pipeline.io import atomic_path
+
+    path = Path(path)
+    frames = iter(frames)
+    first = next(frames, None)
+    if first is None:
+        raise PipelineError(f"{path}: no frames to encode")
+    h, w = first.shape[:2]
+    with atomic_path(path) as tmp:
+        cmd = [ffmpeg_binary(), "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
+               "-s", f"{w}x{h}", "-r", str(fps), "-i", "-"]
+        if audio is not None:
+            cmd += ["-i", str(audio), "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac", "-b:a", "128k",
+                    "-shortest"]
+        cmd += ["-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-pix_fmt", "yuv420p",
+                "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-movflags", "+faststart", "-f", "mp4", str(tmp)]
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(np.ascontiguousarray(first).tobytes())
+            for frame in frames:
+                proc.stdin.write(np.ascontiguousarray(frame).tobytes())
+        finally:
+            proc.stdin.close()
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        if proc.wait() != 0:
+            raise PipelineError(f"{path}: ffmpeg failed to encode: {err.strip()[-300:]}")

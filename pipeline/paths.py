@@ -1,0 +1,142 @@
+"""The one place that names every artefact of a subject.
+
+Snakemake rules and pipeline modules both build paths from here, so a layout change is one edit.
+Layout (per subject, under ``{results}/{subject}/``) follows DESIGN.md section 2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+FRAME_PATTERN = "%06d"  # frame i (0-based) is f"{i:06d}" + extension
+
+
+def frame_name(index: int, ext: str) -> str:
+    return f"{index:06d}.{ext}"
+
+
+@dataclass(frozen=True)
+class SubjectPaths:
+    """Artefact paths of one subject. ``root`` is ``{results}/{subject}``."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, results: str | Path, subject: str) -> "SubjectPaths":
+        return cls(Path(results) / subject)
+
+    # prepare_video
+    @property
+    def frames(self) -> Path:
+        return self.root / "frames"
+
+    @property
+    def audio_wav(self) -> Path:
+        return self.root / "audio.wav"
+
+    @property
+    def video_json(self) -> Path:
+        return self.root / "video.json"
+
+    # face analysis
+    @property
+    def landmarks(self) -> Path:
+        return self.root / "landmarks.npy"
+
+    @property
+    def face_found(self) -> Path:
+        return self.root / "face_found.npy"
+
+    @property
+    def parsing(self) -> Path:
+        return self.root / "parsing"
+
+    @property
+    def mouth_masks(self) -> Path:
+        return self.root / "mouth_masks"
+
+    @property
+    def background(self) -> Path:
+        return self.root / "background.png"
+
+    @property
+    def head(self) -> Path:
+        return self.root / "head"
+
+    @property
+    def torso(self) -> Path:
+        return self.root / "torso"
+
+    @property
+    def blink(self) -> Path:
+        return self.root / "blink.npy"
+
+    # tracking
+    @property
+    def cameras(self) -> Path:
+        return self.root / "cameras.json"
+
+    # audio
+    def audio_features(self, extractor: str) -> Path:
+        return self.root / "audio_features" / f"{extractor}.npy"
+
+    def audio_stats(self, extractor: str) -> Path:
+        """Per-subject normalisation statistics, reused for every driving audio of the subject."""
+        return self.root / "audio_features" / f"{extractor}_stats.npz"
+
+    def drive_features(self, audio_id: str, extractor: str) -> Path:
+        return self.root / "drives" / audio_id / f"{extractor}.npy"
+
+    def drive_audio(self, audio_id: str) -> Path:
+        return self.root / "drives" / audio_id / "audio.wav"
+
+    # quality control pictures
+    @property
+    def qc(self) -> Path:
+        return self.root / "qc"
+
+    def qc_image(self, stage: str) -> Path:
+        return self.qc / f"{stage}.png"
+
+    # training / rendering / evaluation (DESIGN sections 3, 5, 7)
+    @property
+    def coarse_ply(self) -> Path:
+        return self.root / "gaussians" / "coarse.ply"
+
+    @property
+    def coarse_pt(self) -> Path:
+        return self.root / "gaussians" / "coarse.pt"
+
+    @property
+    def fine_pt(self) -> Path:
+        return self.root / "model" / "fine.pt"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def train_log(self) -> Path:
+        return self.root / "train_log.csv"
+
+    def render(self, audio_id: str) -> Path:
+        return self.root / "renders" / f"{audio_id}.mp4"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "eval" / "metrics.json"
+
+    @property
+    def side_by_side(self) -> Path:
+        return self.root / "eval" / "side_by_side.mp4"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def log(self, rule: str) -> Path:
+        return self.logs / f"{rule}.log"
+
+    def benchmark(self, rule: str) -> Path:
+        return self.logs / f"{rule}.benchmark.tsv"

@@ -1,0 +1,46 @@
+"""Running the workflow from tests: a throwaway working directory with its own config and sheets."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+
+
+def make_workdir(root: Path, subjects: dict[str, tuple[Path, int]], drives: list[tuple[str, str, Path]] = (),
+                 **overrides) -> Path:
+    """A working directory whose sheets name ``subjects`` {name: (video, resolution)}."""
+    root.mkdir(parents=True, exist_ok=True)
+    lines = ["subject\tvideo\tresolution"] + [f"{n}\t{v}\t{r}" for n, (v, r) in subjects.items()]
+    (root / "subjects.tsv").write_text("\n".join(lines) + "\n")
+    lines = ["subject\taudio_id\taudio"] + [f"{s}\t{a}\t{p}" for s, a, p in drives]
+    (root / "drives.tsv").write_text("\n".join(lines) + "\n")
+    config = {"subjects": "subjects.tsv", "drives": "drives.tsv", "preset": "cpu", **overrides}
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    return root
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = [*SNAKEMAKE, "-d", str(workdir), "--configfile", str(workdir / "config.yaml"), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def planned_jobs(workdir: Path, *args: str) -> list[tuple[str, str]]:
+    """(rule, subject) of every job a dry run would run, 'all' excluded."""
+    jobs = []
+    for block in re.split(r"\n(?=rule |localrule )", snakemake(workdir, "-n", *args).stdout):
+        m = re.match(r"(?:local)?rule (\w+):", block.strip())
+        if not m or m[1] == "all":
+            continue
+        sub = re.search(r"wildcards: .*?subject=([^,\s]+)", block)
+        jobs.append((m[1], sub[1] if sub else ""))
+    return jobs

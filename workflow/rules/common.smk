@@ -1,0 +1,77 @@
+# Configuration, sample sheets, wildcard constraints and input functions shared by every rule.
+import os
+import sys
+
+from snakemake.exceptions import WorkflowError
+
+import shlex
+
+from snakemake.settings.types import DeploymentMethod
+
+# Rules run `$PY -m pipeline.<stage>` from this checkout, whether or not the package is installed: $PY is
+# the interpreter that runs Snakemake, or the conda env's python under --use-conda.
+sys.path.insert(0, workflow.basedir)
+_python = (
+    "python"
+    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+    else shlex.quote(sys.executable)
+)
+shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}:$PYTHONPATH; PY={_python}; ")
+
+from pipeline import config as pipeline_config
+from pipeline.io import PipelineError
+from pipeline.paths import SubjectPaths
+
+try:
+    SETTINGS = pipeline_config.load(config)
+except PipelineError as err:
+    raise WorkflowError(str(err)) from None
+config.update(SETTINGS.config)
+SUBJECTS = SETTINGS.subjects
+DRIVES = SETTINGS.drives
+P = SubjectPaths.of(config["results"], "{subject}")  # artefact paths with the subject wildcard
+DEMO = "resources/demo"
+
+
+wildcard_constraints:
+    subject=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    audio_id=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    extractor=r"mel|hubert|wav2vec2",
+
+
+def code(module):
+    """The stage's module file: an input, so editing the code reruns the stage (mtime trigger)."""
+    return os.path.relpath(os.path.join(workflow.basedir, "pipeline", f"{module}.py"))
+
+
+def subject_video(wildcards):
+    return SUBJECTS[wildcards.subject].video
+
+
+def subject_resolution(wildcards):
+    return SUBJECTS[wildcards.subject].resolution
+
+
+def drive_audio(wildcards):
+    for drive in DRIVES:
+        if (drive.subject, drive.audio_id) == (wildcards.subject, wildcards.audio_id):
+            return drive.audio
+    raise WorkflowError(f"no row for subject {wildcards.subject}, audio_id {wildcards.audio_id} in {config['drives']}")
+
+
+def model_path_arg(wildcards):
+    path = config["audio"]["model_path"]
+    return f"--model-path {shlex.quote(path)}" if path else ""
+
+
+def final_outputs(wildcards):
+    """Every artefact the built stages produce, for every subject and driving audio."""
+    extractor = config["audio"]["extractor"]
+    outputs = []
+    for name in SUBJECTS:
+        paths = SubjectPaths.of(config["results"], name)
+        outputs += [paths.frames, paths.audio_wav, paths.video_json, paths.audio_features(extractor)]
+    for drive in DRIVES:
+        paths = SubjectPaths.of(config["results"], drive.subject)
+        outputs.append(paths.drive_features(drive.audio_id, extractor))
+    return outputs
