@@ -110,8 +110,14 @@ def probe(path: str | Path) -> StreamInfo:
     return StreamInfo(path, duration, width, height, fps, rotation, has_video, has_audio, audio_rate)
 
 
-def _run_checked(cmd: list[str], path: Path, what: str) -> bytes:
-    proc = subprocess.run(cmd, capture_output=True)
+# Downmix to mono as the mean of the channels: ffmpeg's default gives each stereo channel 1/sqrt(2), so
+# identical channels came out 3 dB louder than mono (and could clip).
+MONO_MIX = ("-rematrix_maxval", "1.0", "-ac", "1")
+
+
+def run_ffmpeg(path: str | Path, what: str, *args: str) -> bytes:
+    """Run ffmpeg with ``args``; stdout bytes, or PipelineError '{path}: ffmpeg could not {what}: ...'."""
+    proc = subprocess.run([ffmpeg_binary(), "-nostdin", "-v", "error", "-y", *args], capture_output=True)
     if proc.returncode != 0:
         tail = proc.stderr.decode(errors="replace").strip().splitlines()[-3:]
         raise PipelineError(f"{path}: ffmpeg could not {what}: {' | '.join(tail)}")
@@ -124,14 +130,8 @@ def decode_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
     info = probe(path)
     if not info.has_audio:
         raise PipelineError(f"{path}: has no audio stream")
-    # rematrix_maxval 1 makes the downmix a weighted mean of the channels; ffmpeg's default gives each
-    # stereo channel 1/sqrt(2), so identical channels came out 3 dB louder than mono (and could clip).
-    raw = _run_checked(
-        [ffmpeg_binary(), "-nostdin", "-v", "error", "-i", str(path), "-vn", "-map", "0:a:0",
-         "-rematrix_maxval", "1.0", "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "-"],
-        path,
-        "decode its audio",
-    )
+    raw = run_ffmpeg(path, "decode its audio", "-i", str(path), "-vn", "-map", "0:a:0", *MONO_MIX,
+                     "-ar", str(sample_rate), "-f", "f32le", "-")
     return np.frombuffer(raw, dtype="<f4").copy()
 
 

@@ -16,16 +16,17 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile
 
 from pipeline import cli
-from pipeline.io import PipelineError, atomic_dir, save_json
-from pipeline.media import StreamInfo, decode_audio, ffmpeg_binary, iter_frames, probe, write_wav
+from pipeline.io import PipelineError, atomic_dir, atomic_path, save_json
+from pipeline.media import MONO_MIX, StreamInfo, iter_frames, probe, run_ffmpeg
 
 log = logging.getLogger(__name__)
 
@@ -121,13 +122,30 @@ def extract_frames(path: Path, crop: tuple[int, int, int], out_dir: Path, cfg: V
     """ffmpeg writes ``%06d.jpg`` (from 000000) into ``out_dir``; returns the number of frames."""
     x, y, side = crop
     vf = f"fps={cfg.fps},crop={side}:{side}:{x}:{y},scale={cfg.resolution}:{cfg.resolution}:flags=area"
-    cmd = [ffmpeg_binary(), "-nostdin", "-v", "error", "-i", str(path), "-map", "0:v:0", "-an",
-           "-vf", vf, "-q:v", str(cfg.jpeg_quality), "-start_number", "0", "-f", "image2",
-           str(out_dir / "%06d.jpg")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
-    if proc.returncode != 0:
-        raise PipelineError(f"{path}: ffmpeg could not decode the video: {proc.stderr.strip()[-300:]}")
+    run_ffmpeg(path, "decode the video", "-i", str(path), "-map", "0:v:0", "-an", "-vf", vf,
+               "-q:v", str(cfg.jpeg_quality), "-start_number", "0", "-f", "image2", str(out_dir / "%06d.jpg"))
     return sum(1 for p in out_dir.iterdir() if p.suffix == ".jpg")
+
+
+def write_audio_track(path: Path, n_frames: int, out: str | Path, cfg: VideoConfig) -> None:
+    """16 kHz mono wav covering exactly ``n_frames`` video frames (silence-padded or cut at the end).
+
+    Streamed through ffmpeg twice (decode to a scratch file, then pad/trim) so memory stays flat in
+    video length; the scratch file's length tells a truncated audio track apart from a short pad.
+    """
+    n_samples = int(round(n_frames * cfg.sample_rate / cfg.fps))
+    with tempfile.TemporaryDirectory(dir=Path(out).parent) as scratch:
+        full = Path(scratch) / "full.wav"
+        run_ffmpeg(path, "decode its audio", "-i", str(path), "-vn", "-map", "0:a:0", *MONO_MIX,
+                   "-ar", str(cfg.sample_rate), "-c:a", "pcm_s16le", "-f", "wav", str(full))
+        have = soundfile.info(str(full)).frames
+        if have < 0.9 * n_samples:
+            raise PipelineError(f"{path}: audio track is {have / cfg.sample_rate:.2f} s, the video "
+                                f"{n_frames / cfg.fps:.2f} s (truncated audio?)")
+        with atomic_path(out) as tmp:
+            run_ffmpeg(path, "write its audio", "-i", str(full), "-af",
+                       f"apad=whole_len={n_samples},atrim=end_sample={n_samples}", "-c:a", "pcm_s16le",
+                       "-f", "wav", str(tmp))
 
 
 def prepare_video(video: str | Path, frames_dir: str | Path, audio_out: str | Path,
@@ -138,18 +156,11 @@ def prepare_video(video: str | Path, frames_dir: str | Path, audio_out: str | Pa
     crop = choose_crop(boxes[:, 1:], info.display_size, cfg.crop_scale)  # type: ignore[arg-type]
     log.info("%s: %dx%d, %.2f s, crop %s", path, *info.display_size, info.duration, crop)  # type: ignore[misc]
     expected = round(info.duration * cfg.fps)  # type: ignore[operator]
-    audio = decode_audio(path, cfg.sample_rate)
     with atomic_dir(frames_dir) as tmp:
         count = extract_frames(path, crop, tmp, cfg)
         if count < 0.9 * expected - 1:
             raise PipelineError(f"{path}: decoded {count} of {expected} expected frames (truncated or corrupt)")
-        # the audio track covers exactly the frames: pad with silence or trim at the end
-        n_samples = int(round(count * cfg.sample_rate / cfg.fps))
-        if len(audio) < 0.9 * n_samples:
-            raise PipelineError(f"{path}: audio track is {len(audio) / cfg.sample_rate:.2f} s, the video "
-                                f"{count / cfg.fps:.2f} s (truncated audio?)")
-        audio = np.pad(audio[:n_samples], (0, max(0, n_samples - len(audio))))
-        write_wav(audio_out, audio, cfg.sample_rate)
+        write_audio_track(path, count, audio_out, cfg)
     meta = {
         "source": str(path),
         "source_fps": info.fps,
