@@ -7,6 +7,7 @@ A stage CLI prints progress to stderr (the rule redirects it to its log file) an
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from typing import Callable, Sequence
@@ -26,10 +27,23 @@ def run(build_parser: Callable[[], argparse.ArgumentParser],
     try:
         body(args)
     except PipelineError as err:
-        log.error("%s", err)
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return _fail(str(err))
+    except OSError as err:
+        if err.errno not in _STORAGE_ERRORS:
+            raise
+        where = err.filename or "output"
+        return _fail(f"{where}: cannot write ({err.strerror}); free space or fix permissions, then rerun")
     return 0
+
+
+# Errors of the results directory itself (full disk, no permission, read-only): worth one clear line.
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def _fail(message: str) -> int:
+    log.error("%s", message)
+    print(f"error: {message}", file=sys.stderr)
+    return 1
 
 
 def progress(iterable, total: int | None = None, desc: str = ""):

@@ -27,8 +27,18 @@ class PipelineError(RuntimeError):
     """An input or environment problem, reported to the user as one clear line."""
 
 
+def _clear_stale(path: Path) -> None:
+    """Remove temporaries of ``path`` left by a killed earlier run (one job writes one artefact at a time)."""
+    for stale in path.parent.glob(f".{path.name}.*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
 def _tmp_sibling(path: Path, suffix: str = "") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
+    _clear_stale(path)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix, dir=path.parent)
     os.close(fd)
     os.chmod(name, 0o644)  # mkstemp's 0600 would hide artefacts from other users of a shared results dir
@@ -57,6 +67,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _clear_stale(path)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         tmp.chmod(0o755)
     except OSError as err:

@@ -9,6 +9,7 @@ import pytest
 
 from pipeline.demo import DemoConfig, generate
 from pipeline.media import ffmpeg_binary
+from tests.slurm_cluster import slurm_cluster  # noqa: F401  (session fixture: real single-node SLURM)
 
 REPO = Path(__file__).resolve().parents[1]
 MEDIA = REPO.parent / "shared" / "media"

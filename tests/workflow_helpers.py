@@ -26,18 +26,36 @@ def make_workdir(root: Path, subjects: dict[str, tuple[Path, int]], drives: list
     return root
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    cmd = [*SNAKEMAKE, "-d", str(workdir), "--configfile", str(workdir / "config.yaml"), *args]
+def copy_workflow(dest: Path) -> Path:
+    """A copy of the workflow and the package (to edit code in a test); returns its Snakefile."""
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for part in ("Snakefile", "workflow", "pipeline", "config", "envs"):
+        src = REPO / part
+        if src.is_dir():
+            shutil.copytree(src, dest / part, ignore=shutil.ignore_patterns("__pycache__", ".*"))
+        else:
+            shutil.copy2(src, dest / part)
+    return dest / "Snakefile"
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, env: dict | None = None,
+              snakefile: Path | None = None) -> subprocess.CompletedProcess:
+    """Run snakemake on ``workdir`` (with its config.yaml); ``snakefile`` defaults to the repository's."""
+    base = [*SNAKEMAKE[:-1], str(snakefile)] if snakefile else SNAKEMAKE
+    cmd = [*base, "-d", str(workdir), "--configfile", str(workdir / "config.yaml"), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
 
 
-def planned_jobs(workdir: Path, *args: str) -> list[tuple[str, str]]:
+def planned_jobs(workdir: Path, *args: str, snakefile: Path | None = None) -> list[tuple[str, str]]:
     """(rule, subject) of every job a dry run would run, 'all' excluded."""
     jobs = []
-    for block in re.split(r"\n(?=rule |localrule )", snakemake(workdir, "-n", *args).stdout):
+    dry_run = snakemake(workdir, "-n", *args, snakefile=snakefile).stdout
+    for block in re.split(r"\n(?=rule |localrule )", dry_run):
         m = re.match(r"(?:local)?rule (\w+):", block.strip())
         if not m or m[1] == "all":
             continue

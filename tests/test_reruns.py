@@ -1,0 +1,86 @@
+"""Targeted reruns and faults (issue 6): -R reruns a stage and what is downstream of it, a config value
+reruns only its readers, editing a stage's module reruns that stage, a killed job leaves nothing a later
+run would take as complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import ffmpeg
+from tests.workflow_helpers import SNAKEMAKE, copy_workflow, make_workdir, planned_jobs, snakemake
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def finished(demo_short, tmp_path_factory):
+    """A copy of the workflow, and a workdir whose whole DAG has run for subject 'a' with one drive."""
+    root = tmp_path_factory.mktemp("reruns")
+    snakefile = copy_workflow(root / "code")
+    work = make_workdir(root / "w", {"a": (demo_short / "video.mp4", 128)},
+                        drives=[("a", "novel", demo_short / "drive.wav")])
+    snakemake(work, "--cores", "2", snakefile=snakefile)
+    assert planned_jobs(work, snakefile=snakefile) == []
+    return work, snakefile
+
+
+def _rules(jobs):
+    return sorted({rule for rule, _ in jobs})
+
+
+def test_forced_rule_reruns_it_and_downstream_only(finished):
+    work, snakefile = finished
+    assert _rules(planned_jobs(work, "-R", "extract_audio_features", snakefile=snakefile)) == [
+        "extract_audio_features", "extract_drive_features"]
+    rules = _rules(planned_jobs(work, "-R", "prepare_video", snakefile=snakefile))
+    assert "prepare_video" in rules and "extract_audio_features" in rules
+    assert "make_demo" not in rules
+
+
+def test_config_value_reruns_only_its_readers(finished):
+    work, snakefile = finished
+    (work / "more.yaml").write_text("audio: {n_mels: 40}\n")
+    jobs = planned_jobs(work, "--configfile", str(work / "config.yaml"), str(work / "more.yaml"),
+                        snakefile=snakefile)
+    assert _rules(jobs) == ["extract_audio_features", "extract_drive_features"]
+
+
+def test_editing_a_module_reruns_its_stage(finished):
+    work, snakefile = finished
+    module = snakefile.parent / "pipeline" / "audio.py"
+    module.write_text(module.read_text() + "\n# an edit\n")
+    assert _rules(planned_jobs(work, snakefile=snakefile)) == ["extract_audio_features", "extract_drive_features"]
+
+
+def test_killed_job_leaves_no_complete_looking_artefact(demo_short, tmp_path):
+    long_clip = tmp_path / "long.mp4"
+    ffmpeg("-stream_loop", "9", "-i", str(demo_short / "video.mp4"), "-c", "copy", str(long_clip))
+    work = make_workdir(tmp_path / "w", {"k": (long_clip, 512)})
+    frames = work / "results" / "k" / "frames"
+    cmd = [*SNAKEMAKE, "-d", str(work), "--configfile", str(work / "config.yaml"), "--cores", "1",
+           "--until", "prepare_video"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    # wait until ffmpeg is writing frames into the temporary directory, then kill everything
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        partial = [p for p in (work / "results" / "k").glob(".frames.*") if any(p.iterdir())] \
+            if (work / "results" / "k").is_dir() else []
+        if partial:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("prepare_video never started writing")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not frames.exists() and not (work / "results" / "k" / "video.json").exists()
+    snakemake(work, "--unlock")  # a hard kill leaves Snakemake's lock behind, as after a power loss
+    snakemake(work, "--cores", "1", "--until", "prepare_video", "--rerun-incomplete")
+    meta = json.loads((work / "results" / "k" / "video.json").read_text())
+    assert len(list(frames.glob("*.jpg"))) == meta["frame_count"] >= 1000
+    assert not list((work / "results" / "k").glob(".frames.*"))
