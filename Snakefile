@@ -11,6 +11,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/audio.smk"
+include: "workflow/rules/tracking.smk"
 
 
 rule all:

@@ -59,9 +59,13 @@ def drive_audio(wildcards):
     raise WorkflowError(f"no row for subject {wildcards.subject}, audio_id {wildcards.audio_id} in {config['drives']}")
 
 
+def optional_arg(flag, value):
+    """`--flag value` for a set option, nothing for an unset (null) one."""
+    return f"{flag} {shlex.quote(str(value))}" if value is not None else ""
+
+
 def model_path_arg(wildcards):
-    path = config["audio"]["model_path"]
-    return f"--model-path {shlex.quote(path)}" if path else ""
+    return optional_arg("--model-path", config["audio"]["model_path"])
 
 
 def final_outputs(wildcards):
@@ -71,6 +75,7 @@ def final_outputs(wildcards):
     for name in SUBJECTS:
         paths = SubjectPaths.of(config["results"], name)
         outputs += [paths.frames, paths.audio_wav, paths.video_json, paths.audio_features(extractor)]
+        outputs += [paths.landmarks, paths.cameras, paths.qc_image("tracking")]
     for drive in DRIVES:
         paths = SubjectPaths.of(config["results"], drive.subject)
         outputs.append(paths.drive_features(drive.audio_id, extractor))
