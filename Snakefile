@@ -12,6 +12,7 @@ include: "workflow/rules/demo.smk"
 include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/audio.smk"
 include: "workflow/rules/tracking.smk"
+include: "workflow/rules/face.smk"
 
 
 rule all:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import landmarks, tracking, video
+from pipeline import landmarks, masks, parsing, tracking, video
 from pipeline.demo import apply, similarity_matrix
+from pipeline.io import load_image, save_npy
 
 pytestmark = pytest.mark.slow
 RESOLUTION = 256
@@ -24,7 +25,35 @@ def demo_run(demo_short, tmp_path_factory):
     track = tracking.fit_head_pose(lm, RESOLUTION, RESOLUTION, tracking.TrackingConfig())
     cameras = tracking.cameras_document(track, tracking.tracking_quality(track, lm), tracking.TrackingConfig())
     truth = dict(np.load(demo_short / "ground_truth.npz"))
+    save_npy(out / "landmarks.npy", lm)
+    parsing.parse_video(out / "frames", out / "landmarks.npy", out / "parsing")
+    masks.dilate_video(out / "parsing", out / "landmarks.npy", out / "mouth_masks")
     return {"meta": meta, "landmarks": lm, "found": found, "cameras": cameras, "truth": truth, "dir": out}
+
+
+def _true_lips(demo_run) -> list[np.ndarray]:
+    """Ground-truth lip regions (outer lip polygon, inner mouth included) in prepared-frame pixels."""
+    meta, truth = demo_run["meta"], demo_run["truth"]
+    shape = (meta["resolution"], meta["resolution"])
+    return [parsing.polygon_mask(video.crop_to_frame(poly, meta), shape) for poly in truth["lips_outer"]]
+
+
+def test_lips_and_inner_mouth_match_the_true_lips(demo_run):
+    """Undilated lips + inner mouth (labels 5, 6) have IoU >= 0.8 with the true lip polygon."""
+    maps = sorted((demo_run["dir"] / "parsing").glob("*.png"))
+    ious = []
+    for path, truth in zip(maps, _true_lips(demo_run), strict=True):
+        mouth = masks.mouth_region(load_image(path))
+        ious.append((mouth & truth).sum() / (mouth | truth).sum())
+    assert min(ious) >= 0.8, f"worst IoU {min(ious):.3f}"
+
+
+def test_dilated_mouth_mask_contains_the_true_lips(demo_run):
+    """In >= 98% of frames the dilated mask m of dynamic splatting covers every true lip pixel."""
+    paths = sorted((demo_run["dir"] / "mouth_masks").glob("*.png"))
+    contained = [bool(np.all(load_image(path)[truth] > 0)) for path, truth in zip(paths, _true_lips(demo_run),
+                                                                                 strict=True)]
+    assert np.mean(contained) >= 0.98
 
 
 def test_every_demo_frame_has_a_face(demo_run):

@@ -76,6 +76,7 @@ def final_outputs(wildcards):
         paths = SubjectPaths.of(config["results"], name)
         outputs += [paths.frames, paths.audio_wav, paths.video_json, paths.audio_features(extractor)]
         outputs += [paths.landmarks, paths.cameras, paths.qc_image("tracking")]
+        outputs += [paths.mouth_masks, paths.head, paths.torso, paths.blink, paths.qc_image("face_analysis")]
     for drive in DRIVES:
         paths = SubjectPaths.of(config["results"], drive.subject)
         outputs.append(paths.drive_features(drive.audio_id, extractor))
