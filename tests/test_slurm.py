@@ -114,3 +114,61 @@ def test_slurm_runs_toy_workflow(slurm_cluster, tmp_path):
     numbers_jobs = {int(_log_field(on_slurm, f"numbers_{n}.log", "job")) for n in (3, 5)}
     assert numbers_jobs == {i for i, rule in rule_of.items() if rule == "numbers"}
     assert _log_field(local, "squares.log", "job") == "none"
+
+
+def _artefacts(workdir: Path) -> dict[str, bytes]:
+    """Every artefact of a run (results and the generated demo), logs and benchmarks left out."""
+    files = {}
+    for top in ("results", "resources"):
+        for p in sorted((workdir / top).rglob("*")):
+            rel = p.relative_to(workdir)
+            if p.is_file() and "logs" not in rel.parts:
+                files[str(rel)] = p.read_bytes()
+    return files
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_demo_dag_runs_as_slurm_jobs_and_matches_a_local_run(slurm_cluster, tmp_path):
+    """The whole demo DAG (a short demo at 128²) through SLURM: every job is a SLURM job, outputs equal a
+    local run's byte for byte."""
+    from tests.workflow_helpers import SNAKEMAKE
+
+    config = ("demo: {duration: 3.0, size: 256, drive_duration: 2.0}\n"
+              "presets: {cpu: {resolution: 128}}\n")
+    runs = {}
+    for name in ("slurm", "local"):
+        work = tmp_path / name
+        work.mkdir()
+        (work / "extra.yaml").write_text(config)
+        runs[name] = work
+    base = [*SNAKEMAKE, "--configfile", str(REPO / "config" / "config.yaml")]
+    common = ["--config", f"subjects={REPO}/config/subjects.tsv", f"drives={REPO}/config/drives.tsv"]
+
+    def run(work: Path, args: list[str], env=None) -> str:
+        proc = subprocess.run([*base, str(work / "extra.yaml"), "-d", str(work), *common, *args], env=env,
+                              capture_output=True, text=True, timeout=1500)
+        assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+        return proc.stdout + proc.stderr
+
+    run(runs["slurm"], ["--workflow-profile", str(SLURM_PROFILE), *slurm_cluster.snakemake_args()],
+        env=slurm_cluster.env)
+    run(runs["local"], ["--workflow-profile", "none", "--cores", "2"])
+
+    on_slurm, local = _artefacts(runs["slurm"]), _artefacts(runs["local"])
+    assert any(k.endswith("cameras.json") for k in local) and any("/head/" in k for k in local)
+    assert sorted(on_slurm) == sorted(local)
+    differing = [k for k in local if on_slurm[k] != local[k]]
+    assert not differing, differing[:10]
+
+    # every job of the DAG but the target `all` ran as a SLURM job, and completed
+    planned = subprocess.run([*base, str(runs["local"] / "extra.yaml"), "-d", str(tmp_path / "plan"), *common,
+                              "-n", "--workflow-profile", "none"], capture_output=True, text=True)
+    expected = Counter(re.findall(r"^rule (\w+):", planned.stdout, flags=re.M))
+    del expected["all"]
+    jobs = slurm_cluster.jobs(work_dir=runs["slurm"])
+    assert {job.state for job in jobs} == {"COMPLETED"}
+    slurm_logs = runs["slurm"] / ".snakemake" / "slurm_logs"
+    rule_of = {int(p.stem): p.relative_to(slurm_logs).parts[0].removeprefix("rule_") for p in slurm_logs.rglob("*.log")}
+    assert set(rule_of) == {job.job_id for job in jobs}
+    assert Counter(rule_of.values()) == expected
