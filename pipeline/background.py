@@ -37,6 +37,7 @@ from pipeline.io import (
     atomic_dir,
     list_frames,
     load_image,
+    load_rgb,
     map_threaded,
     save_image,
     save_npy,
@@ -47,16 +48,6 @@ from pipeline.parsing import BACKGROUND, LABEL_NAMES, NECK, PALETTE, TORSO, load
 from pipeline.paths import frame_name
 
 log = logging.getLogger("pipeline.background")
-
-
-def load_rgb(path: Path) -> np.ndarray:
-    """RGB uint8 [H, W, 3] of an image file; PipelineError naming the file if unreadable."""
-    image = load_image(path)
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    elif image.shape[2] != 3:
-        image = np.ascontiguousarray(image[..., :3])
-    return image
 
 
 def load_labels(path: Path, shape: tuple[int, int]) -> np.ndarray:

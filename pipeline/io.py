@@ -142,6 +142,18 @@ def load_image(path: str | Path) -> np.ndarray:
         raise PipelineError(f"{path}: not a readable image ({err})") from err
 
 
+def load_rgb(path: str | Path) -> np.ndarray:
+    """An image file as RGB uint8 [H, W, 3] (grey or RGBA converted); PipelineError naming the file."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError as err:
+        raise PipelineError(f"{path}: file not found") from err
+    except OSError as err:
+        raise PipelineError(f"{path}: not a readable image ({err})") from err
+
+
 def list_frames(directory: str | Path, ext: str | None = None) -> list[Path]:
     """Frame files of a frame directory in index order."""
     directory = Path(directory)

@@ -35,10 +35,9 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from PIL import Image
 
 from pipeline import cli
-from pipeline.io import PipelineError, list_frames, load_json, save_npy
+from pipeline.io import PipelineError, list_frames, load_json, load_rgb, save_npy
 
 log = logging.getLogger("pipeline.landmarks")
 
@@ -445,15 +444,6 @@ def open_detector(config: LandmarkConfig) -> Detector:
 # ---------------------------------------------------------------------------------------------------------
 # Running over a video
 # ---------------------------------------------------------------------------------------------------------
-
-def load_rgb(path: Path) -> np.ndarray:
-    """One image file as RGB uint8 [H, W, 3]."""
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except OSError as err:
-        raise PipelineError(f"{path}: not a readable image ({err})") from err
-
 
 def read_frames(paths: Sequence[Path], prefetch: int = 4) -> Iterator[np.ndarray]:
     """Decode frame files to RGB uint8 [H, W, 3] in order, decoding ahead in a thread (PIL releases the

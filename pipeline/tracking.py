@@ -61,7 +61,7 @@ from PIL import Image, ImageDraw
 
 from pipeline import cli
 from pipeline import landmarks as lmk
-from pipeline.io import PipelineError, list_frames, load_json, save_image, save_json
+from pipeline.io import PipelineError, list_frames, load_json, load_rgb, save_image, save_json
 
 log = logging.getLogger("pipeline.tracking")
 
@@ -698,7 +698,7 @@ def _run(args: argparse.Namespace) -> None:
             files = list_frames(args.frames, ext="jpg")
             if len(files) != n:
                 raise PipelineError(f"{args.frames}: {len(files)} frames but {n} landmark frames")
-            frames = {i: lmk.load_rgb(files[i]) for i in indices}
+            frames = {i: load_rgb(files[i]) for i in indices}
         else:
             frames = {i: np.zeros((height, width, 3), np.uint8) for i in indices}
         save_image(args.qc, qc_picture(track, landmarks, frames))
