@@ -654,7 +654,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--qc", type=Path, default=None, help="QC picture to write (PNG)")
     p.add_argument("--frames", type=Path, default=None, help="frame directory, to draw the QC picture on frames")
     p.add_argument("--smoothing", type=float, default=d.smoothing, help="temporal smoothness weight (0 = off)")
-    p.add_argument("--iterations", type=int, default=d.iterations, help="L-BFGS iterations of each fit (shape and focal, then all poses)")
+    p.add_argument("--iterations", type=int, default=d.iterations,
+                   help="L-BFGS iterations of each fit (shape and focal, then all poses)")
     p.add_argument("--focal", type=float, default=None, help="fix the focal length (pixels) instead of fitting")
     p.add_argument("--eye-distance", type=float, default=d.eye_distance_m,
                    help="canonical distance between the eye centres, metres (sets the scale)")
