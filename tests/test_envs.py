@@ -7,7 +7,7 @@ import tomllib
 
 import yaml
 
-CONDA_TO_PIP = {"pysoundfile": "soundfile"}
+CONDA_TO_PIP = {"pysoundfile": "soundfile", "python-isal": "isal"}
 NOT_PYTHON_PACKAGES = {"python", "pip", "ffmpeg"}
 
 
