@@ -132,13 +132,52 @@ def test_two_faces_uses_the_largest_with_a_warning(demo_short, tmp_path):
 
 
 def test_face_leaving_the_frame_for_a_second(demo_short, tmp_path):
-    clip = tmp_path / "away.mp4"
-    ffmpeg("-i", str(demo_short / "video.mp4"), "-vf",
-           "drawbox=x=0:y=0:w=iw:h=ih:color=gray:t=fill:enable='between(t,1.5,2.5)'", str(clip))
-    meta, _ = _prepared_ok(clip, tmp_path / "out")
+    meta, _ = _prepared_ok(_away_clip(demo_short, tmp_path), tmp_path / "out")
     times = np.asarray(meta["face_boxes"])[:, 0]
     assert not np.any((times > 1.6) & (times < 2.4))  # no box invented while the face is away
     assert meta["frame_count"] == 100
+
+
+def _landmarks_cli(out):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.landmarks", "--frames", str(out / "frames"), "--video-json",
+         str(out / "video.json"), "--out", str(out / "landmarks.npy"), "--face-found", str(out / "found.npy")],
+        capture_output=True, text=True)
+    return proc.returncode, proc.stderr
+
+
+@pytest.mark.slow
+def test_face_away_for_a_second_is_bridged_in_a_long_clip_and_named_in_a_short_one(demo_short, tmp_path):
+    """One second without a face: in a 24 s clip (4% of frames) landmarks bridge it and face_found marks it;
+    in a 4 s clip (25%) the stage fails naming the frame range."""
+    long_clip = tmp_path / "long.mp4"
+    ffmpeg("-stream_loop", "5", "-i", str(demo_short / "video.mp4"), "-vf",
+           "drawbox=x=0:y=0:w=iw:h=ih:color=gray:t=fill:enable='between(t,10,11)'", str(long_clip))
+    out = tmp_path / "long"
+    _prepared_ok(long_clip, out)
+    status, stderr = _landmarks_cli(out)
+    assert status == 0, stderr
+    found = np.load(out / "found.npy")
+    assert not found[252:273].any() and found[:245].all() and found[280:].all()
+    lm = np.load(out / "landmarks.npy")
+    assert np.isfinite(lm).all()
+    # bridged frames lie between the landmarks either side of the gap
+    lo, hi = np.minimum(lm[240], lm[285]), np.maximum(lm[240], lm[285])
+    assert np.all((lm[262, :, :2] >= lo[:, :2] - 2) & (lm[262, :, :2] <= hi[:, :2] + 2))
+
+    short = tmp_path / "short"
+    _prepared_ok(_away_clip(demo_short, tmp_path), short)
+    status, stderr = _landmarks_cli(short)
+    assert status == 1
+    line = _error_line(stderr)
+    assert str(short / "frames") in line and "frames 3" in line and "more than the allowed 5%" in line
+
+
+def _away_clip(demo_short, tmp_path):
+    clip = tmp_path / "away.mp4"
+    ffmpeg("-i", str(demo_short / "video.mp4"), "-vf",
+           "drawbox=x=0:y=0:w=iw:h=ih:color=gray:t=fill:enable='between(t,1.5,2.5)'", str(clip))
+    return clip
 
 
 def test_non_ascii_and_space_paths_through_snakemake(demo_short, tmp_path):
