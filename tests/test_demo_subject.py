@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import landmarks, masks, parsing, tracking, video
+from pipeline import audio, landmarks, masks, parsing, tracking, video
 from pipeline.demo import apply, similarity_matrix
 from pipeline.io import load_image, save_npy
 
@@ -90,3 +90,23 @@ def test_translation_follows_the_known_motion(demo_run):
     expected = video.crop_to_frame(expected, meta)
     face_width = float(truth["face_width"]) * to_frame
     assert np.linalg.norm(uv - expected, axis=1).max() <= 0.02 * face_width
+
+
+def test_landmark_mouth_aperture_follows_the_known_aperture(demo_run):
+    """Inner-lip gap from the landmarks (points 13 and 14) correlates with the demo's known aperture."""
+    lm, truth = demo_run["landmarks"], demo_run["truth"]
+    measured = np.linalg.norm(lm[:, 13, :2] - lm[:, 14, :2], axis=1)
+    assert np.corrcoef(measured, truth["aperture"])[0, 1] >= 0.9
+
+
+def test_audio_features_are_in_sync_with_the_mouth(demo_run):
+    """The frame's own mel steps carry the speech envelope that opens the mouth, at lag 0."""
+    n = demo_run["meta"]["frame_count"]
+    feats, _, _ = audio.subject_features(demo_run["dir"] / "audio.wav", n, audio.AudioFeatureConfig())
+    half = feats.shape[1] // 2
+    energy = feats[:, half - 1:half + 1].mean(axis=(1, 2))  # the frame's own two steps, all bands
+    openness = demo_run["truth"]["openness"]
+    corr = {lag: np.corrcoef(energy[max(0, lag):n + min(0, lag)], openness[max(0, -lag):n - max(0, lag)])[0, 1]
+            for lag in range(-3, 4)}
+    assert corr[0] >= 0.7
+    assert max(corr, key=corr.get) == 0
