@@ -43,8 +43,8 @@ from pipeline.io import (
     save_npy,
     write_png_into,
 )
-from pipeline.landmarks import blink_signal
-from pipeline.parsing import BACKGROUND, LABEL_NAMES, NECK, PALETTE, TORSO, load_landmarks
+from pipeline.landmarks import blink_signal, load_landmarks
+from pipeline.parsing import BACKGROUND, LABEL_NAMES, NECK, PALETTE, TORSO
 from pipeline.paths import frame_name
 
 log = logging.getLogger("pipeline.background")

@@ -254,6 +254,30 @@ def blink_signal(landmarks: np.ndarray, percentile: float = 90.0, ceiling: float
 # Gap handling (pure core)
 # ---------------------------------------------------------------------------------------------------------
 
+def load_landmarks(path: Path, frame_count: int | None = None) -> np.ndarray:
+    """Read a landmarks.npy artefact for the later stages: float32 [N, 478, 3].
+
+    PipelineError naming the file if it is absent, not MediaPipe's 478 points, not finite, or (with
+    ``frame_count``) not one entry per video frame."""
+    try:
+        lm = np.load(path)
+    except FileNotFoundError as err:
+        raise PipelineError(f"{path}: file not found") from err
+    except (OSError, ValueError) as err:
+        raise PipelineError(f"{path}: not a readable .npy file ({err})") from err
+    if lm.ndim != 3 or lm.shape[1:] != (NUM_MEDIAPIPE_POINTS, 3):
+        raise PipelineError(f"{path}: expected [N, {NUM_MEDIAPIPE_POINTS}, 3] MediaPipe landmarks, got "
+                            f"shape {list(lm.shape)} (the face_alignment backend's 68 points are not enough "
+                            "for the later stages)")
+    if not np.isfinite(lm).all():
+        bad = np.flatnonzero(~np.isfinite(lm).all(axis=(1, 2)))
+        raise PipelineError(f"{path}: landmarks are not finite (NaN or infinite) in {len(bad)} frame(s), "
+                            f"first {bad[:5].tolist()}")
+    if frame_count is not None and lm.shape[0] != frame_count:
+        raise PipelineError(f"{path}: {lm.shape[0]} landmark frames but {frame_count} video frames")
+    return lm.astype(np.float32, copy=False)
+
+
 def find_gaps(found: np.ndarray) -> list[tuple[int, int]]:
     """Runs of missing frames as inclusive (first, last) index pairs. found: bool [N]."""
     missing = ~np.asarray(found, dtype=bool)

@@ -24,7 +24,8 @@ from skimage import morphology
 
 from pipeline import cli
 from pipeline.io import PipelineError, atomic_dir, list_frames, load_image, map_threaded, write_png_into
-from pipeline.parsing import INNER_MOUTH, LIPS, face_width, load_landmarks
+from pipeline.landmarks import load_landmarks
+from pipeline.parsing import INNER_MOUTH, LIPS, face_width
 from pipeline.paths import frame_name
 
 log = logging.getLogger("pipeline.masks")

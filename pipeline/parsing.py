@@ -33,7 +33,7 @@ from PIL import Image
 
 from pipeline import cli
 from pipeline.io import PipelineError, atomic_dir, list_frames, map_threaded, write_png_into
-from pipeline.landmarks import FACE_OVAL, JAW, LIPS_INNER, LIPS_OUTER, NUM_MEDIAPIPE_POINTS
+from pipeline.landmarks import FACE_OVAL, JAW, LIPS_INNER, LIPS_OUTER, NUM_MEDIAPIPE_POINTS, load_landmarks
 from pipeline.paths import frame_name
 
 log = logging.getLogger("pipeline.parsing")
@@ -345,27 +345,6 @@ def load_reduced(path: Path, size: int = SEGMENTATION_SIZE) -> tuple[np.ndarray,
 # ---------------------------------------------------------------------------------------------------------
 # Stage
 # ---------------------------------------------------------------------------------------------------------
-
-def load_landmarks(path: Path, frame_count: int | None = None) -> np.ndarray:
-    """landmarks.npy -> float32 [N, 478, 3]; PipelineError naming the file if absent, malformed or not finite,
-    or if ``frame_count`` is given and differs from N."""
-    try:
-        lm = np.load(path)
-    except FileNotFoundError as err:
-        raise PipelineError(f"{path}: file not found") from err
-    except (OSError, ValueError) as err:
-        raise PipelineError(f"{path}: not a readable .npy file ({err})") from err
-    if lm.ndim != 3 or lm.shape[1] != NUM_MEDIAPIPE_POINTS or lm.shape[2] < 2:
-        raise PipelineError(f"{path}: expected [N, {NUM_MEDIAPIPE_POINTS}, 3] MediaPipe landmarks, got "
-                            f"shape {list(lm.shape)}")
-    if not np.isfinite(lm[..., :2]).all():
-        bad = np.flatnonzero(~np.isfinite(lm[..., :2]).all(axis=(1, 2)))
-        raise PipelineError(f"{path}: landmarks are not finite in {len(bad)} frame(s), "
-                            f"first {bad[:5].tolist()}")
-    if frame_count is not None and lm.shape[0] != frame_count:
-        raise PipelineError(f"{path}: {lm.shape[0]} landmark frames but {frame_count} video frames")
-    return lm.astype(np.float32, copy=False)
-
 
 def parse_frame_file(path: Path, landmarks: np.ndarray, segmenter: PersonSegmenter,
                      config: ParsingConfig = ParsingConfig()) -> np.ndarray:

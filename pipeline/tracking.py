@@ -666,18 +666,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> None:
     video = load_json(args.video_json)
-    try:
-        landmarks = np.load(args.landmarks)
-    except (OSError, ValueError) as err:
-        raise PipelineError(f"{args.landmarks}: cannot read landmarks ({err})") from err
-    if landmarks.ndim != 3 or landmarks.shape[1:] != (lmk.NUM_MEDIAPIPE_POINTS, 3):
-        raise PipelineError(f"{args.landmarks}: need [N, {lmk.NUM_MEDIAPIPE_POINTS}, 3] MediaPipe landmarks, got "
-                            f"{list(landmarks.shape)} (the face_alignment backend's 68 points cannot be tracked)")
-    if not np.isfinite(landmarks).all():
-        raise PipelineError(f"{args.landmarks}: contains NaN or infinite values")
+    landmarks = lmk.load_landmarks(args.landmarks, video.get("frame_count"))
     n = len(landmarks)
-    if video.get("frame_count") not in (None, n):
-        raise PipelineError(f"{args.landmarks}: {n} frames but {args.video_json} says {video['frame_count']}")
     if n < 2:
         raise PipelineError(f"{args.landmarks}: {n} frame(s); tracking needs at least 2")
     size = video.get("resolution")

@@ -227,3 +227,22 @@ def test_cli_writes_artefacts_and_rejects_frame_count_mismatch(tmp_path):
     assert lm.shape == (20, 478, 3) and np.load(tmp_path / "face_found.npy").all()
     video.write_text(json.dumps({"frame_count": 21, "fps": 25}))
     assert L.main(args) == 1
+
+
+def test_load_landmarks_errors_name_the_file(tmp_path):
+    bad_shape = tmp_path / "shape.npy"
+    np.save(bad_shape, np.zeros((3, 68, 3), np.float32))
+    with pytest.raises(PipelineError, match="shape.npy.*478"):
+        L.load_landmarks(bad_shape)
+    nan = tmp_path / "nan.npy"
+    lm = np.zeros((3, 478, 3), np.float32)
+    lm[1, 5, 0] = np.nan
+    np.save(nan, lm)
+    with pytest.raises(PipelineError, match=r"nan.npy.*not finite.*\[1\]"):
+        L.load_landmarks(nan)
+    ok = tmp_path / "ok.npy"
+    np.save(ok, np.zeros((3, 478, 3), np.float32))
+    with pytest.raises(PipelineError, match="ok.npy: 3 landmark frames but 4 video frames"):
+        L.load_landmarks(ok, 4)
+    with pytest.raises(PipelineError, match="missing.npy: file not found"):
+        L.load_landmarks(tmp_path / "missing.npy")

@@ -7,7 +7,6 @@ import pytest
 from skimage import draw
 
 from pipeline import parsing
-from pipeline.io import PipelineError
 from pipeline.parsing import (
     BACKGROUND,
     FACE,
@@ -136,25 +135,6 @@ def test_config_rejects_bad_values():
         ParsingConfig(person_threshold=1.5)
     with pytest.raises(ValueError):
         ParsingConfig(neck_height=-1)
-
-
-def test_load_landmarks_errors_name_the_file(tmp_path):
-    bad_shape = tmp_path / "shape.npy"
-    np.save(bad_shape, np.zeros((3, 68, 3), np.float32))
-    with pytest.raises(PipelineError, match="shape.npy.*478"):
-        parsing.load_landmarks(bad_shape)
-    nan = tmp_path / "nan.npy"
-    lm = np.zeros((3, 478, 3), np.float32)
-    lm[1, 5, 0] = np.nan
-    np.save(nan, lm)
-    with pytest.raises(PipelineError, match=r"nan.npy.*not finite.*\[1\]"):
-        parsing.load_landmarks(nan)
-    ok = tmp_path / "ok.npy"
-    np.save(ok, np.zeros((3, 478, 3), np.float32))
-    with pytest.raises(PipelineError, match="ok.npy: 3 landmark frames but 4 video frames"):
-        parsing.load_landmarks(ok, 4)
-    with pytest.raises(PipelineError, match="missing.npy: file not found"):
-        parsing.load_landmarks(tmp_path / "missing.npy")
 
 
 def test_cli_reports_missing_frames_directory(tmp_path, capsys):
