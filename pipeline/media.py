@@ -149,14 +149,11 @@ def iter_frames(
     path: str | Path,
     fps: float | None = None,
     size: tuple[int, int] | None = None,
-    crop: tuple[int, int, int, int] | None = None,
-    pad_square: bool = False,
 ) -> Iterator[np.ndarray]:
     """Stream RGB uint8 frames [H,W,3] one at a time (constant memory in video length).
 
-    ``fps`` resamples to a constant rate (duplicating/dropping frames of VFR input); ``crop`` is
-    (x, y, w, h) in display pixels, applied before ``size`` (w, h). Crops reaching outside the frame are
-    padded with edge-replicated pixels via ffmpeg's ``pad`` filter when ``pad_square`` is set.
+    ``fps`` resamples to a constant rate (duplicating/dropping frames of VFR input); ``size`` is the
+    output (w, h). Frames are upright: ffmpeg applies the display rotation.
     """
     path = Path(path)
     info = probe(path)
@@ -166,16 +163,6 @@ def iter_frames(
     if fps is not None:
         filters.append(f"fps={fps}")
     out_w, out_h = info.display_size or (0, 0)
-    if crop is not None:
-        x, y, w, h = crop
-        if pad_square:
-            # pad so the crop is always inside, then crop in padded coordinates
-            pad = max(0, -x, -y, x + w - out_w, y + h - out_h)
-            if pad > 0:
-                filters.append(f"pad=iw+{2 * pad}:ih+{2 * pad}:{pad}:{pad}:color=black")
-                x, y = x + pad, y + pad
-        filters.append(f"crop={w}:{h}:{x}:{y}")
-        out_w, out_h = w, h
     if size is not None:
         filters.append(f"scale={size[0]}:{size[1]}:flags=area")
         out_w, out_h = size
@@ -186,7 +173,8 @@ def iter_frames(
     frame_bytes = out_w * out_h * 3
     if frame_bytes <= 0:
         raise PipelineError(f"{path}: could not read the video's frame size")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # stderr is not read while frames stream, so it must not be a pipe that could fill up and block ffmpeg
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdout is not None
     try:
         while True:
