@@ -84,3 +84,11 @@ def test_killed_job_leaves_no_complete_looking_artefact(demo_short, tmp_path):
     meta = json.loads((work / "results" / "k" / "video.json").read_text())
     assert len(list(frames.glob("*.jpg"))) == meta["frame_count"] >= 1000
     assert not list((work / "results" / "k").glob(".frames.*"))
+
+
+def test_switching_extractor_reruns_only_the_audio_features(finished):
+    work, snakefile = finished
+    (work / "extractor.yaml").write_text("audio: {extractor: wav2vec2, model_path: /models/w2v}\n")
+    jobs = planned_jobs(work, "--configfile", str(work / "config.yaml"), str(work / "extractor.yaml"),
+                        snakefile=snakefile)
+    assert _rules(jobs) == ["extract_audio_features", "extract_drive_features"]
