@@ -44,19 +44,10 @@ from pipeline.io import (
     write_png_into,
 )
 from pipeline.landmarks import blink_signal, load_landmarks
-from pipeline.parsing import BACKGROUND, LABEL_NAMES, NECK, PALETTE, TORSO
+from pipeline.parsing import BACKGROUND, LABEL_NAMES, NECK, PALETTE, TORSO, load_labels
 from pipeline.paths import frame_name
 
 log = logging.getLogger("pipeline.background")
-
-
-def load_labels(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """Label map uint8 [H, W] of a parsing PNG; PipelineError if it is not single-channel of ``shape``."""
-    labels = load_image(path)
-    if labels.shape != tuple(shape):
-        raise PipelineError(f"{path}: label map of shape {list(labels.shape)}, expected {list(shape)} "
-                            "(single channel, frame size)")
-    return labels
 
 
 def _check_pairs(frames: list[Path], maps: list[Path], frames_dir: Path, parsing_dir: Path) -> None:

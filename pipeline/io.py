@@ -127,11 +127,6 @@ def _write_image(path: Path, image: np.ndarray, ext: str, quality: int = 95) -> 
         pil.save(path, format="PNG", compress_level=1)  # speed over size: these are intermediates
 
 
-def write_image_into(directory: Path, name: str, image: np.ndarray, quality: int = 95) -> None:
-    """Write an image into a directory that is itself being built atomically (no per-file rename)."""
-    _write_image(directory / name, image, Path(name).suffix.lower(), quality)
-
-
 def load_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     try:
@@ -220,5 +215,6 @@ def encode_png(image: np.ndarray) -> bytes:
 
 
 def write_png_into(directory: Path, name: str, image: np.ndarray) -> None:
-    """:func:`write_image_into` for PNG with the fast :func:`encode_png` (per-frame artefacts of hot stages)."""
+    """Write ``image`` as PNG with the fast :func:`encode_png` into a directory being built atomically
+    (:func:`atomic_dir`), so no per-file rename is needed (per-frame artefacts of hot stages)."""
     (directory / name).write_bytes(encode_png(image))

@@ -23,9 +23,9 @@ import numpy as np
 from skimage import morphology
 
 from pipeline import cli
-from pipeline.io import PipelineError, atomic_dir, list_frames, load_image, map_threaded, write_png_into
+from pipeline.io import PipelineError, atomic_dir, list_frames, map_threaded, write_png_into
 from pipeline.landmarks import load_landmarks
-from pipeline.parsing import INNER_MOUTH, LIPS, face_width
+from pipeline.parsing import INNER_MOUTH, LIPS, face_width, load_labels
 from pipeline.paths import frame_name
 
 log = logging.getLogger("pipeline.masks")
@@ -87,10 +87,7 @@ def dilate_video(parsing_dir: Path, landmarks_path: Path, out_dir: Path,
 
     with atomic_dir(out_dir) as tmp:
         def one(i: int) -> None:
-            labels = load_image(maps[i])
-            if labels.ndim != 2:
-                raise PipelineError(f"{maps[i]}: expected a single-channel label map, "
-                                    f"got shape {list(labels.shape)}")
+            labels = load_labels(maps[i])
             mask = mouth_mask(labels, widths[i], config)
             write_png_into(tmp, frame_name(i, "png"), mask.view(np.uint8) * np.uint8(255))
 

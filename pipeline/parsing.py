@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline import cli
-from pipeline.io import PipelineError, atomic_dir, list_frames, map_threaded, write_png_into
+from pipeline.io import PipelineError, atomic_dir, list_frames, load_image, map_threaded, write_png_into
 from pipeline.landmarks import FACE_OVAL, JAW, LIPS_INNER, LIPS_OUTER, NUM_MEDIAPIPE_POINTS, load_landmarks
 from pipeline.paths import frame_name
 
@@ -345,6 +345,18 @@ def load_reduced(path: Path, size: int = SEGMENTATION_SIZE) -> tuple[np.ndarray,
 # ---------------------------------------------------------------------------------------------------------
 # Stage
 # ---------------------------------------------------------------------------------------------------------
+
+def load_labels(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """A parsing label map, uint8 [H, W]; PipelineError naming the file if it is not single-channel (or,
+    with ``shape``, not of that frame size)."""
+    labels = load_image(path)
+    if shape is not None and labels.shape != tuple(shape):
+        raise PipelineError(f"{path}: label map of shape {list(labels.shape)}, expected {list(shape)} "
+                            "(single channel, frame size)")
+    if labels.ndim != 2:
+        raise PipelineError(f"{path}: expected a single-channel label map, got shape {list(labels.shape)}")
+    return labels
+
 
 def parse_frame_file(path: Path, landmarks: np.ndarray, segmenter: PersonSegmenter,
                      config: ParsingConfig = ParsingConfig()) -> np.ndarray:

@@ -9,10 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-FRAME_PATTERN = "%06d"  # frame i (0-based) is f"{i:06d}" + extension
-
-
 def frame_name(index: int, ext: str) -> str:
+    """File name of frame ``index`` (0-based) in a frame directory: 000123.ext."""
     return f"{index:06d}.{ext}"
 
 
