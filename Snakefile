@@ -13,6 +13,7 @@ include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/audio.smk"
 include: "workflow/rules/tracking.smk"
 include: "workflow/rules/face.smk"
+include: "workflow/rules/train.smk"
 
 
 rule all:

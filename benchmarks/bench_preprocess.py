@@ -50,7 +50,8 @@ def main() -> None:
         print("|---|---|---|")
         for tsv in sorted((tmp / "results" / "bench" / "logs").glob("*.benchmark.tsv")):
             row = next(csv.DictReader(tsv.open(), delimiter="\t"))
-            print(f"| {tsv.name.removesuffix('.benchmark.tsv')} | {float(row['s']):.1f} | {float(row['max_rss']):.0f} |")
+            stage = tsv.name.removesuffix(".benchmark.tsv")
+            print(f"| {stage} | {float(row['s']):.1f} | {float(row['max_rss']):.0f} |")
 
 
 if __name__ == "__main__":

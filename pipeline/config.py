@@ -119,6 +119,23 @@ def subject_settings(config: dict, row: dict) -> Subject:
     return Subject(name=row["subject"], video=row["video"], preset=preset, resolution=int(resolution))
 
 
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def stage_settings(config: dict, preset: str, section: str) -> dict:
+    """Section ``section`` of a validated ``config`` with preset ``preset``'s overrides merged in, validated."""
+    override = config["presets"].get(preset, {}).get(section, {})
+    merged = _deep_merge(config[section], override)
+    return validate({section: merged}, "config", f"config presets.{preset}.{section}")[section]
+
+
 def load(config: dict) -> Settings:
     """Validate ``config`` (Snakemake's dict) and read the sheets it names."""
     config = validate(config, "config", "config")

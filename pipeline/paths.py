@@ -107,12 +107,20 @@ class SubjectPaths:
         return self.root / "gaussians" / "coarse.pt"
 
     @property
+    def coarse_log(self) -> Path:
+        return self.root / "gaussians" / "train_log.csv"
+
+    @property
     def fine_pt(self) -> Path:
         return self.root / "model" / "fine.pt"
 
     @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
+
+    def checkpoint(self, stage: str) -> Path:
+        """Resume file of a training stage (not a rule output: it must outlive a failed job)."""
+        return self.checkpoints / f"{stage}.pt"
 
     @property
     def train_log(self) -> Path:

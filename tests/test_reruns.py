@@ -4,16 +4,20 @@ run would take as complete."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
 
 import pytest
+import torch
+import yaml
 
 from tests.conftest import ffmpeg
-from tests.workflow_helpers import SNAKEMAKE, copy_workflow, make_workdir, planned_jobs, snakemake
+from tests.workflow_helpers import SNAKEMAKE, TINY_COARSE, copy_workflow, make_workdir, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -84,6 +88,45 @@ def test_killed_job_leaves_no_complete_looking_artefact(demo_short, tmp_path):
     meta = json.loads((work / "results" / "k" / "video.json").read_text())
     assert len(list(frames.glob("*.jpg"))) == meta["frame_count"] >= 1000
     assert not list((work / "results" / "k").glob(".frames.*"))
+
+
+def test_killed_training_job_resumes_from_its_checkpoint(finished, tmp_path):
+    """Kill Snakemake and its train_coarse job (SIGKILL, as an OOM killer or a lost node would) after a
+    checkpoint; the rerun resumes from that checkpoint, finishes, and removes it."""
+    work, snakefile = finished
+    copy = work.parent / "w-killed"  # beside the original: the code's relative path, hence the DAG, stays
+    shutil.copytree(work, copy, symlinks=True)
+    coarse = {**TINY_COARSE, "iterations": 400, "checkpoint_every": 20}
+    (copy / "longer.yaml").write_text(yaml.safe_dump({"presets": {"cpu": {"coarse": coarse}}}))
+    results = copy / "results" / "a"
+    checkpoint, ply = results / "checkpoints" / "coarse.pt", results / "gaussians" / "coarse.ply"
+    cmd = [*SNAKEMAKE[:-1], str(snakefile), "-d", str(copy), "--configfile", str(copy / "config.yaml"),
+           str(copy / "longer.yaml"), "--cores", "2", str(ply.relative_to(copy))]
+    started = os.path.getmtime(ply)
+    output = tmp_path / "snakemake.out"
+    with output.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 120
+    while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert proc.poll() is None, f"snakemake ended before a checkpoint:\n{output.read_text()[-3000:]}"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert checkpoint.exists(), "train_coarse never wrote a checkpoint"
+    saved_at = torch.load(checkpoint, weights_only=False)["state"]["iteration"]
+    assert 20 <= saved_at < 400
+    assert not ply.exists() or os.path.getmtime(ply) == started  # Snakemake's outputs are removed or stale
+
+    subprocess.run([*cmd[:-3], "--unlock"], check=True, capture_output=True)
+    done = subprocess.run([*cmd, "--rerun-incomplete"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "1 of 1 steps (100%) done" in done.stdout + done.stderr  # train_coarse alone, nothing upstream
+    log = (results / "logs" / "train_coarse.log").read_text()
+    assert f"resuming coarse training from iteration {saved_at}" in log
+    assert not checkpoint.exists()
+    with (results / "gaussians" / "train_log.csv").open() as fh:
+        iterations = [int(row["iteration"]) for row in csv.DictReader(fh)]
+    assert iterations == list(range(25, 401, 25))  # every row once: the log lives in the checkpoint
 
 
 def test_switching_extractor_reruns_only_the_audio_features(finished):

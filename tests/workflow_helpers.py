@@ -11,6 +11,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+# Coarse training settings that keep workflow tests fast (seconds): they test the DAG, not the fit.
+TINY_COARSE = {"iterations": 30, "resolution": 64, "init_points": 200, "sh_degree": 1, "sh_increase_every": 15,
+               "checkpoint_every": 10, "densify": {"start": 10, "stop": 20, "every": 10, "reset_every": 0}}
 
 
 def make_workdir(root: Path, subjects: dict[str, tuple[Path, int]], drives: list[tuple[str, str, Path]] = (),
@@ -21,7 +24,8 @@ def make_workdir(root: Path, subjects: dict[str, tuple[Path, int]], drives: list
     (root / "subjects.tsv").write_text("\n".join(lines) + "\n")
     lines = ["subject\taudio_id\taudio"] + [f"{s}\t{a}\t{p}" for s, a, p in drives]
     (root / "drives.tsv").write_text("\n".join(lines) + "\n")
-    config = {"subjects": "subjects.tsv", "drives": "drives.tsv", "preset": "cpu", **overrides}
+    config = {"subjects": "subjects.tsv", "drives": "drives.tsv", "preset": "cpu",
+              "presets": {"cpu": {"coarse": TINY_COARSE}}, **overrides}
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     return root
 

@@ -1,4 +1,6 @@
 # Configuration, sample sheets, wildcard constraints and input functions shared by every rule.
+import glob
+import json
 import os
 import sys
 
@@ -39,9 +41,15 @@ wildcard_constraints:
     extractor=r"mel|hubert|wav2vec2",
 
 
-def code(module):
-    """The stage's module file: an input, so editing the code reruns the stage (mtime trigger)."""
-    return os.path.relpath(os.path.join(workflow.basedir, "pipeline", f"{module}.py"))
+def code(*modules):
+    """The stage's module files: inputs, so editing the code reruns the stage (checksum trigger).
+    `package/*` stands for every module of a subpackage (e.g. the rasterizer for training)."""
+    paths = []
+    for module in modules:
+        path = os.path.join(workflow.basedir, "pipeline", f"{module}.py")
+        paths += sorted(glob.glob(path)) if "*" in module else [path]
+    paths = [os.path.relpath(p) for p in paths]
+    return paths[0] if len(paths) == 1 else paths
 
 
 def subject_video(wildcards):
@@ -68,6 +76,17 @@ def model_path_arg(wildcards):
     return optional_arg("--model-path", config["audio"]["model_path"])
 
 
+def stage_settings_json(wildcards, section):
+    """The subject's `section` settings (config + its preset's overrides) as JSON for the stage's CLI."""
+    preset = SUBJECTS[wildcards.subject].preset
+    return json.dumps(pipeline_config.stage_settings(config, preset, section), sort_keys=True)
+
+
+def training_gpus(wildcards):
+    """GPU rules ask for one GPU with the full-settings preset, none with the cpu preset."""
+    return 1 if SUBJECTS[wildcards.subject].preset == "default" else 0
+
+
 def final_outputs(wildcards):
     """Every artefact the built stages produce, for every subject and driving audio."""
     extractor = config["audio"]["extractor"]
@@ -77,6 +96,7 @@ def final_outputs(wildcards):
         outputs += [paths.frames, paths.audio_wav, paths.video_json, paths.audio_features(extractor)]
         outputs += [paths.landmarks, paths.cameras, paths.qc_image("tracking")]
         outputs += [paths.mouth_masks, paths.head, paths.torso, paths.blink, paths.qc_image("face_analysis")]
+        outputs += [paths.coarse_ply, paths.coarse_pt, paths.qc_image("coarse")]
     for drive in DRIVES:
         paths = SubjectPaths.of(config["results"], drive.subject)
         outputs.append(paths.drive_features(drive.audio_id, extractor))

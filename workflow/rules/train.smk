@@ -1,0 +1,36 @@
+# Gaussian training (DESIGN.md section 3): train_coarse fits static head Gaussians in the canonical head frame.
+
+
+rule train_coarse:
+    input:
+        head=P.head,
+        background=P.background,
+        cameras=P.cameras,
+        code=code("train", "dataset", "losses", "checkpoint", "gaussians/*"),
+    output:
+        ply=P.coarse_ply,
+        pt=P.coarse_pt,
+        train_log=P.coarse_log,
+        qc=P.qc_image("coarse"),
+    params:
+        settings=lambda wildcards: stage_settings_json(wildcards, "coarse"),
+        checkpoint=lambda wildcards: SubjectPaths.of(config["results"], wildcards.subject).checkpoint("coarse"),
+        device=config["training"]["device"],
+        backend=config["training"]["backend"],
+    log:
+        P.log("train_coarse"),
+    benchmark:
+        P.benchmark("train_coarse")
+    threads: config["training"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=training_gpus,
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "$PY -m pipeline.train coarse --head {input.head:q} --background {input.background:q}"
+        " --cameras {input.cameras:q} --settings {params.settings:q} --out-ply {output.ply:q}"
+        " --out-pt {output.pt:q} --log-csv {output.train_log:q} --qc {output.qc:q}"
+        " --checkpoint {params.checkpoint:q} --device {params.device} --backend {params.backend}"
+        " --threads {threads} > {log:q} 2>&1"
