@@ -247,3 +247,12 @@ def test_preset_overrides_merge_into_the_coarse_settings(tmp_path):
     with pytest.raises(PipelineError, match="presets.cpu.coarse"):
         pipeline_config.stage_settings(bad, "cpu", "coarse")
     assert os.path.exists(REPO / "workflow" / "rules" / "train.smk")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present: the request is valid")
+def test_cuda_request_without_cuda_is_a_clear_error():
+    from pipeline.train import pick_device
+
+    with pytest.raises(PipelineError, match="--device cuda: CUDA is not available here"):
+        pick_device("cuda")
+    assert pick_device("auto").type == "cpu"
