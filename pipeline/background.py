@@ -35,6 +35,7 @@ from pipeline import cli
 from pipeline.io import (
     PipelineError,
     atomic_dir,
+    evenly_spaced,
     list_frames,
     load_image,
     load_rgb,
@@ -77,10 +78,8 @@ class PlateConfig:
 
 def sample_indices(n: int, config: PlateConfig = PlateConfig()) -> np.ndarray:
     """Evenly spaced frame indices (int [K], first and last frame included) for the plate."""
-    if n <= 0:
-        return np.zeros(0, dtype=np.int64)
     k = min(config.max_samples, max(1, -(-n // config.min_stride)))
-    return np.unique(np.linspace(0, n - 1, k).round().astype(np.int64))
+    return np.asarray(evenly_spaced(n, k), dtype=np.int64)
 
 
 def far_from_person(labels: np.ndarray, margin_px: float) -> np.ndarray:
@@ -344,11 +343,6 @@ def contact_sheet(tiles: Sequence[np.ndarray], captions: Sequence[str], columns:
 # Stage
 # ---------------------------------------------------------------------------------------------------------
 
-def qc_indices(n: int, count: int) -> list[int]:
-    """``count`` evenly spaced frame indices in [0, n) (fewer when n is small)."""
-    return sorted({int(round(i)) for i in np.linspace(0, n - 1, min(count, n))})
-
-
 def split_video(frames_dir: Path, parsing_dir: Path, plate_path: Path, landmarks_path: Path, head_dir: Path,
                 torso_dir: Path, blink_path: Path, mouth_dir: Path | None = None, qc_path: Path | None = None,
                 config: SplitConfig = SplitConfig(), threads: int = 2) -> int:
@@ -360,7 +354,7 @@ def split_video(frames_dir: Path, parsing_dir: Path, plate_path: Path, landmarks
     plate = load_rgb(plate_path)
     shape = plate.shape[:2]
     feather_px = int(round(config.feather * min(shape)))
-    want_qc = set(qc_indices(len(frames), config.qc_frames)) if qc_path is not None else set()
+    want_qc = set(evenly_spaced(len(frames), config.qc_frames)) if qc_path is not None else set()
     masks: list[Path] = []
     if qc_path is not None:
         if mouth_dir is None:

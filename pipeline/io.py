@@ -161,6 +161,13 @@ def list_frames(directory: str | Path, ext: str | None = None) -> list[Path]:
     return files
 
 
+def evenly_spaced(n: int, count: int) -> list[int]:
+    """Up to ``count`` indices in [0, n) spread evenly, first and last included (all of them when n <= count)."""
+    if n <= 0 or count <= 0:
+        return []
+    return np.unique(np.linspace(0, n - 1, min(n, count)).round().astype(np.int64)).tolist()
+
+
 def map_threaded(fn: Callable[[Any], Any], items: Iterable[Any], threads: int = 2,
                  lookahead: int | None = None) -> Iterator[Any]:
     """``map(fn, items)`` on a thread pool, results in input order, at most ``lookahead`` items in flight.

@@ -61,7 +61,7 @@ from PIL import Image, ImageDraw
 
 from pipeline import cli
 from pipeline import landmarks as lmk
-from pipeline.io import PipelineError, list_frames, load_json, load_rgb, save_image, save_json
+from pipeline.io import PipelineError, evenly_spaced, list_frames, load_json, load_rgb, save_image, save_json
 
 log = logging.getLogger("pipeline.tracking")
 
@@ -363,14 +363,11 @@ def _fit_head_pose(landmarks: np.ndarray, width: int, height: int, config: Track
         return _Fit(r0[rows], b0[rows, :2], np.log(s0[rows]), shape, f0, centre, unit_px,
                     fit_globals and config.focal_px is None, fit_globals, (f_lo, f_hi))
 
-    def spread(count: int) -> np.ndarray:
-        return np.unique(np.linspace(0, n - 1, min(n, count)).round().astype(int))
-
     if config.focal_px is not None:
         focal = float(config.focal_px)
     else:
         # a few fields of view, each briefly fitted on evenly spread frames (no smoothing: not adjacent)
-        rows = spread(config.init_frames)
+        rows = np.asarray(evenly_spaced(n, config.init_frames))
         args = (obs[rows], inv_iod[rows], w_t, config.huber, 0.0, config.shape_regularisation)
         best = None
         for fov in config.fov_candidates_deg:
@@ -383,7 +380,7 @@ def _fit_head_pose(landmarks: np.ndarray, width: int, height: int, config: Track
 
     # 1. shape and focal (global unknowns) with the poses of evenly spread frames: its cost and convergence
     #    do not depend on the video's length
-    rows = spread(config.shape_frames)
+    rows = np.asarray(evenly_spaced(n, config.shape_frames))
     model = make(focal, rows, shape0[fit_idx], True)
     loss = _lbfgs(model, (obs[rows], inv_iod[rows], w_t, config.huber, 0.0, config.shape_regularisation),
                   config.iterations)
@@ -636,11 +633,6 @@ def qc_picture(track: HeadTrack, landmarks: np.ndarray, frames: dict[int, np.nda
     return np.asarray(canvas)
 
 
-def qc_frame_indices(n: int, count: int = 4) -> list[int]:
-    """Up to ``count`` frame indices spread evenly over n frames, first and last included."""
-    return np.unique(np.linspace(0, n - 1, min(n, count)).round().astype(int)).tolist()
-
-
 # ---------------------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------------------
@@ -684,7 +676,7 @@ def _run(args: argparse.Namespace) -> None:
     log.info("%s: focal %.1f px, stable reprojection %.2f%% IOD mean, %.2f%% p95", args.out, track.focal,
              100 * rel["mean"], 100 * rel["p95"])
     if args.qc is not None:
-        indices = qc_frame_indices(n)
+        indices = evenly_spaced(n, 4)
         if args.frames is not None:
             files = list_frames(args.frames, ext="jpg")
             if len(files) != n:

@@ -36,7 +36,7 @@ from pipeline.checkpoint import Checkpointer, StopFlag, fingerprint, save_torch
 from pipeline.dataset import Cameras, HeadViews
 from pipeline.gaussians import GaussianModel, gaussians_from_points, random_gaussians, rasterize
 from pipeline.gaussians.densify import DensifyConfig, Densifier
-from pipeline.io import PipelineError, atomic_path, save_image
+from pipeline.io import PipelineError, atomic_path, evenly_spaced, save_image
 from pipeline.losses import dssim, l1, psnr
 
 log = logging.getLogger(__name__)
@@ -256,14 +256,6 @@ def optimizer_step(optimizer: torch.optim.Adam, model: GaussianModel, lr: Learni
 # Evaluation, artefacts and CLI
 # ---------------------------------------------------------------------------------------------------------
 
-def spread(indices: Sequence[int], count: int) -> list[int]:
-    """Up to ``count`` of ``indices``, evenly spaced, first and last included."""
-    if len(indices) <= count:
-        return list(indices)
-    picks = np.linspace(0, len(indices) - 1, count).round().astype(int)
-    return [indices[i] for i in picks]
-
-
 @torch.no_grad()
 def evaluate_views(model: GaussianModel, views: HeadViews, frames: Sequence[int], backend: str = "auto"
                    ) -> tuple[float, list[tuple[np.ndarray, np.ndarray]]]:
@@ -355,7 +347,8 @@ def _run(args: argparse.Namespace) -> None:
         checkpointer = Checkpointer(args.checkpoint, key)
     with StopFlag().installed() as stop:
         result = train_coarse(views, config, checkpointer, stop, backend=args.backend)
-    test_psnr, pairs = evaluate_views(result.model, views, spread(cameras.test, 16), args.backend)
+    test_frames = [cameras.test[i] for i in evenly_spaced(len(cameras.test), 16)]
+    test_psnr, pairs = evaluate_views(result.model, views, test_frames, args.backend)
     log.info("coarse: %d Gaussians, test PSNR %.2f dB over %d frames", len(result.model), test_psnr,
              len(pairs))
     result.model.save_ply(args.out_ply)
