@@ -62,7 +62,7 @@ class Cameras:
 
 def training_size(width: int, height: int, resolution: int | None) -> tuple[int, int]:
     """(width, height) with the longer side ``resolution`` (the original size when None)."""
-    if resolution is None or resolution == max(width, height):
+    if resolution is None:
         return width, height
     scale = resolution / max(width, height)
     return max(1, round(width * scale)), max(1, round(height * scale))
@@ -86,15 +86,16 @@ class HeadViews:
         self.width, self.height = training_size(cameras.width, cameras.height, resolution)
         self.K = torch.tensor(cameras.scaled_K(self.width, self.height), dtype=torch.float32, device=self.device)
         self.viewmats = torch.tensor(cameras.world_to_camera, dtype=torch.float32, device=self.device)
-        self.background = self._to_tensor(self._read(Path(background), cameras.width, cameras.height))
+        self.background = self._to_tensor(self._read(Path(background)))
         self._cache: dict[int, np.ndarray] = {}
         self._cache_limit = max(0, cache_mb * 2**20 // (self.width * self.height * 3))
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def _read(self, path: Path, width: int, height: int) -> np.ndarray:
-        rgb = load_rgb(path)
+    def _read(self, path: Path) -> np.ndarray:
+        """An image of the camera size, resized to the training size."""
+        rgb, width, height = load_rgb(path), self.cameras.width, self.cameras.height
         if rgb.shape[:2] != (height, width):
             raise PipelineError(f"{path}: {rgb.shape[1]}x{rgb.shape[0]} pixels, cameras.json says {width}x{height}")
         if (self.width, self.height) != (width, height):
@@ -108,7 +109,7 @@ class HeadViews:
         """uint8 [H,W,3] of frame ``index`` at the training size."""
         rgb = self._cache.get(index)
         if rgb is None:
-            rgb = self._read(self.files[index], self.cameras.width, self.cameras.height)
+            rgb = self._read(self.files[index])
             if len(self._cache) < self._cache_limit:
                 self._cache[index] = rgb
         return rgb

@@ -23,7 +23,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,10 +83,9 @@ class CoarseConfig:
         if unknown:
             raise PipelineError(f"coarse settings: unknown keys {', '.join(sorted(unknown))}")
         base = cls()
-        lr = LearningRates(**{**asdict(base.lr), **data.pop("lr", {})})
-        densify = DensifyConfig(**{**asdict(base.densify), **data.pop("densify", {})})
-        config = cls(**{**{f.name: getattr(base, f.name) for f in fields(cls)}, **data, "lr": lr,
-                        "densify": densify})
+        lr = replace(base.lr, **data.pop("lr", {}))
+        densify = replace(base.densify, **data.pop("densify", {}))
+        config = replace(base, **data, lr=lr, densify=densify)
         if config.init not in ("random", "landmarks"):
             raise PipelineError(f"coarse settings: init must be 'random' or 'landmarks', got {config.init!r}")
         return config
@@ -106,8 +105,10 @@ def head_box(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return box_lo, box_hi
 
 
-def initial_gaussians(config: CoarseConfig, views: HeadViews, generator: torch.Generator) -> GaussianModel:
-    lo, hi = head_box(views.cameras.canonical_landmarks)
+def initial_gaussians(config: CoarseConfig, views: HeadViews, box: tuple[np.ndarray, np.ndarray],
+                      generator: torch.Generator) -> GaussianModel:
+    """``config.init_points`` random Gaussians in ``box`` (:func:`head_box`), or the coloured face mesh."""
+    lo, hi = box
     if config.init == "random":
         return random_gaussians(config.init_points, tuple(lo), tuple(hi), sh_degree=config.sh_degree,
                                 generator=generator)
@@ -181,7 +182,7 @@ def train_coarse(views: HeadViews, config: CoarseConfig, checkpointer: Checkpoin
     densifier = Densifier(config.densify, scene_scale)
     saved = checkpointer.load(views.device) if checkpointer is not None else None
     if saved is None:
-        model = initial_gaussians(config, views, generator).map(lambda t: t.to(views.device))
+        model = initial_gaussians(config, views, (lo, hi), generator).map(lambda t: t.to(views.device))
         start, rows, elapsed = 0, [], 0.0
     else:
         model = GaussianModel(**saved["model"])

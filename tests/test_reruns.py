@@ -47,12 +47,17 @@ def test_forced_rule_reruns_it_and_downstream_only(finished):
     assert "make_demo" not in rules
 
 
-def test_config_value_reruns_only_its_readers(finished):
+def _rules_with_extra_config(finished, name: str, text: str) -> list[str]:
+    """Rules a dry run would run with the config file ``text`` added after the workdir's config.yaml."""
     work, snakefile = finished
-    (work / "more.yaml").write_text("audio: {n_mels: 40}\n")
-    jobs = planned_jobs(work, "--configfile", str(work / "config.yaml"), str(work / "more.yaml"),
-                        snakefile=snakefile)
-    assert _rules(jobs) == ["extract_audio_features", "extract_drive_features"]
+    (work / name).write_text(text)
+    return _rules(planned_jobs(work, "--configfile", str(work / "config.yaml"), str(work / name),
+                               snakefile=snakefile))
+
+
+def test_config_value_reruns_only_its_readers(finished):
+    rules = _rules_with_extra_config(finished, "more.yaml", "audio: {n_mels: 40}\n")
+    assert rules == ["extract_audio_features", "extract_drive_features"]
 
 
 def test_editing_a_module_reruns_its_stage(finished):
@@ -130,8 +135,6 @@ def test_killed_training_job_resumes_from_its_checkpoint(finished, tmp_path):
 
 
 def test_switching_extractor_reruns_only_the_audio_features(finished):
-    work, snakefile = finished
-    (work / "extractor.yaml").write_text("audio: {extractor: wav2vec2, model_path: /models/w2v}\n")
-    jobs = planned_jobs(work, "--configfile", str(work / "config.yaml"), str(work / "extractor.yaml"),
-                        snakefile=snakefile)
-    assert _rules(jobs) == ["extract_audio_features", "extract_drive_features"]
+    rules = _rules_with_extra_config(finished, "extractor.yaml",
+                                     "audio: {extractor: wav2vec2, model_path: /models/w2v}\n")
+    assert rules == ["extract_audio_features", "extract_drive_features"]

@@ -62,7 +62,8 @@ def test_coarse_training_fits_unseen_test_frames(views):
 def _init(views, config):
     from pipeline.train import initial_gaussians
 
-    return initial_gaussians(config, views, torch.Generator().manual_seed(config.seed))
+    return initial_gaussians(config, views, head_box(views.cameras.canonical_landmarks),
+                             torch.Generator().manual_seed(config.seed))
 
 
 def test_head_box_contains_face_and_extends_to_hair_and_skull(views):
