@@ -1,13 +1,20 @@
-"""ffmpeg access: locating the binary, probing files, streaming frames and decoding audio.
+"""ffmpeg access: choosing and checking the binary, probing files, streaming frames and decoding audio.
 
-The system ffmpeg is used when on PATH; otherwise the binary shipped inside the ``imageio-ffmpeg`` wheel,
-so a fresh machine with no system ffmpeg still works. ffprobe is not assumed: probing parses
-``ffmpeg -i`` output, which every ffmpeg build (including imageio-ffmpeg's) provides.
+One decided ffmpeg for every machine: by default the binary shipped inside the ``imageio-ffmpeg`` wheel
+(``bundled``), whatever ffmpeg the system has, so the same input gives the same frames everywhere. The
+environment variable ``PIPELINE_FFMPEG`` (which the workflow sets from the config key ``ffmpeg.binary``)
+chooses another: ``system`` (the ``ffmpeg`` on PATH) or a path. Whichever is chosen is checked once per
+process: version at least ``MIN_VERSION`` and the encoders and filters the pipeline uses, or a PipelineError
+naming what is missing. ffprobe is not assumed: probing parses ``ffmpeg -i`` output and packet listings,
+which every ffmpeg build provides.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import math
+import os
 import re
 import shutil
 import subprocess
@@ -19,17 +26,85 @@ import numpy as np
 
 from pipeline.io import PipelineError
 
+log = logging.getLogger(__name__)
 
-@functools.lru_cache(maxsize=1)
+ENV_VAR = "PIPELINE_FFMPEG"
+BUNDLED = "bundled"
+SYSTEM = "system"
+# The oldest release the test suite runs against (Debian 12's); older ones (Ubuntu 22.04's 4.4) are untested.
+MIN_VERSION = (5, 1)
+REQUIRED_ENCODERS = ("libx264", "aac", "mjpeg", "pcm_s16le", "rawvideo")
+REQUIRED_FILTERS = ("fps", "crop", "scale", "pad", "tpad", "apad", "atrim")
+
+
 def ffmpeg_binary() -> str:
-    found = shutil.which("ffmpeg")
-    if found:
-        return found
+    """The checked ffmpeg executable chosen by ``$PIPELINE_FFMPEG`` (default ``bundled``)."""
+    return checked_ffmpeg(os.environ.get(ENV_VAR) or BUNDLED)
+
+
+@functools.lru_cache(maxsize=None)
+def checked_ffmpeg(choice: str) -> str:
+    """Resolve ``choice`` (``bundled``, ``system`` or a path/name) and check it; the executable's path."""
+    exe = resolve_ffmpeg(choice)
+    check_ffmpeg(exe)
+    return exe
+
+
+def resolve_ffmpeg(choice: str) -> str:
+    if choice == BUNDLED:
+        try:
+            import imageio_ffmpeg
+        except ImportError as err:  # pragma: no cover - imageio-ffmpeg is a required dependency
+            raise PipelineError("ffmpeg: `bundled` needs the imageio-ffmpeg package, which is not installed") from err
+        shipped = sorted((Path(imageio_ffmpeg.__file__).parent / "binaries").glob("ffmpeg-*"))
+        # a wheel ships one binary; without one (conda's imageio-ffmpeg) it names the ffmpeg it uses
+        return str(shipped[0]) if shipped else imageio_ffmpeg.get_ffmpeg_exe()
+    found = shutil.which("ffmpeg" if choice == SYSTEM else choice)
+    if found is None:
+        what = "no ffmpeg on PATH" if choice == SYSTEM else f"{choice!r} is not an executable"
+        raise PipelineError(f"ffmpeg: {what} (set ffmpeg.binary or ${ENV_VAR} to `bundled`, `system` or a path)")
+    return found
+
+
+def _ffmpeg_lines(exe: str, *args: str) -> list[str]:
     try:
-        import imageio_ffmpeg
-    except ImportError as err:  # pragma: no cover - imageio-ffmpeg is a required dependency
-        raise PipelineError("ffmpeg not found on PATH and imageio-ffmpeg is not installed") from err
-    return imageio_ffmpeg.get_ffmpeg_exe()
+        proc = subprocess.run([exe, "-hide_banner", "-nostdin", *args], capture_output=True, text=True,
+                              errors="replace", timeout=60)
+    except OSError as err:
+        raise PipelineError(f"ffmpeg: {exe} does not run ({err})") from err
+    if proc.returncode != 0:
+        raise PipelineError(f"ffmpeg: `{exe} {' '.join(args)}` failed: {proc.stderr.strip()[-300:]}")
+    return proc.stdout.splitlines()
+
+
+def ffmpeg_version(exe: str) -> str:
+    """The version string of ``ffmpeg -version`` (``5.1.9-0+deb12u1``, ``n9.0.2-17-g...``, ``N-1234-g...``)."""
+    first = (_ffmpeg_lines(exe, "-version") or [""])[0]
+    m = re.match(r"ffmpeg version (\S+)", first)
+    if m is None:
+        raise PipelineError(f"ffmpeg: {exe} is not ffmpeg (its -version says {first!r})")
+    return m[1]
+
+
+def check_ffmpeg(exe: str) -> None:
+    """PipelineError naming what ``exe`` lacks: a release older than MIN_VERSION, encoders or filters."""
+    version = ffmpeg_version(exe)
+    problems = []
+    if m := re.match(r"n?(\d+)\.(\d+)", version):
+        if (int(m[1]), int(m[2])) < MIN_VERSION:
+            problems.append(f"version {version} is older than {'.'.join(map(str, MIN_VERSION))}")
+    elif not version.startswith("N-"):  # N-...: a development snapshot, newer than any release
+        problems.append(f"version {version!r} is not a release number")
+    for kind, needed in (("encoders", REQUIRED_ENCODERS), ("filters", REQUIRED_FILTERS)):
+        # listing lines: flags, name, description (after a header that ends with a '------' line)
+        names = {parts[1] for line in _ffmpeg_lines(exe, f"-{kind}") if len(parts := line.split()) >= 2}
+        missing = [n for n in needed if n not in names]
+        if missing:
+            problems.append(f"no {kind} {', '.join(missing)}")
+    if problems:
+        raise PipelineError(f"ffmpeg: {exe} cannot run the pipeline: {'; '.join(problems)} (the bundled one "
+                            f"can: set ffmpeg.binary or ${ENV_VAR} to `bundled`)")
+    log.debug("ffmpeg %s at %s", version, exe)
 
 
 @dataclass(frozen=True)
@@ -108,6 +183,60 @@ def probe(path: str | Path) -> StreamInfo:
     if m := _ROTATE.search(text):
         rotation = int(round(float(m[1]))) % 360
     return StreamInfo(path, duration, width, height, fps, rotation, has_video, has_audio, audio_rate)
+
+
+@dataclass(frozen=True)
+class VideoTiming:
+    """Presentation times of the first video stream's frames, from its packets (no decoding).
+
+    Unlike the container's duration (which a longer audio track extends, and which ffmpeg releases
+    compute differently), these are the same with every ffmpeg.
+    """
+
+    start: float  # s, presentation time of the earliest frame
+    end: float  # s, presentation time of the last frame plus its duration
+    frames: int  # packets (coded frames) in the stream
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+    def frame_count(self, fps: float) -> int:
+        """Frames at a constant ``fps`` covering the stream: round(duration x fps), halves up."""
+        return int(math.floor(self.duration * fps + 0.5 + 1e-9))
+
+
+_TIMEBASE = re.compile(r"^#tb 0: (\d+)/(\d+)", re.MULTILINE)
+_NO_PTS = -(2**63)
+
+
+def video_timing(path: str | Path) -> VideoTiming:
+    """Start, end and frame count of the first video stream, from a packet listing (stream copy).
+
+    PipelineError when the file ends before its index says (an MP4/MOV cut short)."""
+    path = Path(path)
+    proc = subprocess.run([ffmpeg_binary(), "-nostdin", "-v", "error", "-i", str(path), "-map", "0:v:0",
+                           "-c", "copy", "-f", "framemd5", "-"], capture_output=True, text=True, errors="replace")
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-3:]
+        raise PipelineError(f"{path}: ffmpeg could not list its video packets: {' | '.join(tail)}")
+    if "partial file" in proc.stderr:  # the mov demuxer's words, in every release
+        raise PipelineError(f"{path}: the file ends before its index says (truncated or corrupt)")
+    listing = proc.stdout
+    tb = _TIMEBASE.search(listing)
+    # lines: stream, dts, pts, duration, size, hash
+    rows = [line.split(",") for line in listing.splitlines() if line and not line.startswith("#")]
+    packets = np.array([(int(r[2]), int(r[3])) for r in rows if len(r) >= 4 and int(r[2]) != _NO_PTS],
+                       dtype=np.int64).reshape(-1, 2)
+    if tb is None or len(packets) == 0:
+        raise PipelineError(f"{path}: its video stream has no timed frames")
+    pts, duration = packets[:, 0], packets[:, 1]
+    steps = np.diff(np.sort(pts))
+    # containers that store no per-packet duration: the usual frame spacing stands in
+    duration = np.where(duration > 0, duration, int(np.median(steps)) if len(steps) else 0)
+    unit = int(tb[1]) / int(tb[2])
+    return VideoTiming(start=float(pts.min() * unit), end=float((pts + duration).max() * unit),
+                       frames=len(packets))
 
 
 # Downmix to mono as the mean of the channels: ffmpeg's default gives each stereo channel 1/sqrt(2), so

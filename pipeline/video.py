@@ -5,8 +5,16 @@ The square crop is chosen once per video from MediaPipe face boxes detected on a
 is fixed for the whole video, so the camera stays static for tracking. Frames are cut, scaled and
 JPEG-encoded by ffmpeg itself, streaming, so memory does not grow with video length.
 
+Frame-count contract: a video whose first video stream spans ``start`` to ``end`` (its frames' presentation
+times, the last frame's duration included; see ``media.video_timing``) becomes exactly
+N = round((end - start) x fps) frames, halves up. Frame k shows the source frame on screen at
+``start + k / fps`` (ffmpeg's ``fps`` filter, nearest frame); where a ffmpeg release's end-of-stream
+handling yields fewer, the last frame is repeated, and extra ones are dropped. The container's duration
+(which a longer audio track extends, and which releases compute differently) plays no part, so every
+accepted ffmpeg cuts the same frames. ``audio.wav`` is then cut or silence-padded to N / fps seconds.
+
 ``video.json`` records: ``source`` (path), ``source_fps``, ``source_size`` [w, h] after autorotation,
-``rotation``, ``duration`` (s), ``crop`` [x, y, side, side] in source pixels, ``resolution``, ``fps``,
+``rotation``, ``duration`` (s, of the video stream), ``crop`` [x, y, side, side] in source pixels, ``resolution``, ``fps``,
 ``frame_count``, ``audio_sample_rate``, ``face_boxes`` (sampled [t, x, y, w, h] in source pixels) and
 ``faces_per_frame_max``.
 """
@@ -25,7 +33,7 @@ import soundfile
 
 from pipeline import cli
 from pipeline.io import PipelineError, atomic_dir, atomic_path, save_json
-from pipeline.media import MONO_MIX, StreamInfo, iter_frames, probe, run_ffmpeg
+from pipeline.media import MONO_MIX, StreamInfo, VideoTiming, iter_frames, probe, run_ffmpeg, video_timing
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +83,7 @@ def largest_face(detections: list[tuple[float, float, float, float]]) -> tuple[f
 
 # ---------------------------------------------------------------- I/O
 
-def check_input(path: Path, cfg: VideoConfig) -> StreamInfo:
+def check_input(path: Path, cfg: VideoConfig) -> tuple[StreamInfo, VideoTiming]:
     """Probe and validate; raise PipelineError naming the file and the problem."""
     info = probe(path)
     if not info.has_video:
@@ -86,20 +94,21 @@ def check_input(path: Path, cfg: VideoConfig) -> StreamInfo:
         raise PipelineError(f"{path}: could not read the video's frame size")
     if info.duration is None:
         raise PipelineError(f"{path}: could not read the duration (corrupt or truncated file?)")
-    if info.duration < cfg.min_duration:
+    timing = video_timing(path)
+    if timing.duration < cfg.min_duration:
         raise PipelineError(
-            f"{path}: clip is {info.duration:.2f} s long, shorter than the {cfg.min_duration:g} s minimum")
-    return info
+            f"{path}: clip is {timing.duration:.2f} s long, shorter than the {cfg.min_duration:g} s minimum")
+    return info, timing
 
 
-def detect_face_boxes(path: Path, info: StreamInfo, cfg: VideoConfig) -> tuple[np.ndarray, int]:
+def detect_face_boxes(path: Path, info: StreamInfo, duration: float, cfg: VideoConfig) -> tuple[np.ndarray, int]:
     """Face boxes [K, 5] (t, x, y, w, h) in source display pixels on sampled frames; max faces seen."""
     import mediapipe as mp
 
     width, height = info.display_size  # type: ignore[misc]
     scale = min(1.0, cfg.detect_size / max(width, height))
     small = (max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2))
-    rate = min(float(cfg.fps), cfg.detect_samples / max(info.duration or 1.0, 1e-3))
+    rate = min(float(cfg.fps), cfg.detect_samples / max(duration, 1e-3))
     boxes, most = [], 0
     with mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=0.5) as det:
         for k, frame in enumerate(iter_frames(path, fps=rate, size=small)):
@@ -117,11 +126,18 @@ def detect_face_boxes(path: Path, info: StreamInfo, cfg: VideoConfig) -> tuple[n
     return np.asarray(boxes, dtype=np.float64), most
 
 
-def extract_frames(path: Path, crop: tuple[int, int, int], out_dir: Path, cfg: VideoConfig) -> int:
-    """ffmpeg writes ``%06d.jpg`` (from 000000) into ``out_dir``; returns the number of frames."""
+# End-of-stream handling differs between ffmpeg releases by at most a frame or so: a few repeats of the
+# last frame cover it; a video that decodes to fewer frames still is truncated or corrupt.
+END_PAD_FRAMES = 3
+
+
+def extract_frames(path: Path, crop: tuple[int, int, int], count: int, out_dir: Path, cfg: VideoConfig) -> int:
+    """ffmpeg writes ``count`` frames ``%06d.jpg`` (from 000000) into ``out_dir`` (the module's frame-count
+    contract); returns how many it wrote, fewer only when the video does not decode to its end."""
     x, y, side = crop
-    vf = f"fps={cfg.fps},crop={side}:{side}:{x}:{y},scale={cfg.resolution}:{cfg.resolution}:flags=area"
-    run_ffmpeg(path, "decode the video", "-i", str(path), "-map", "0:v:0", "-an", "-vf", vf,
+    vf = (f"fps={cfg.fps},crop={side}:{side}:{x}:{y},scale={cfg.resolution}:{cfg.resolution}:flags=area,"
+          f"tpad=stop={END_PAD_FRAMES}:stop_mode=clone")
+    run_ffmpeg(path, "decode the video", "-i", str(path), "-map", "0:v:0", "-an", "-vf", vf, "-frames:v", str(count),
                "-q:v", str(cfg.jpeg_quality), "-start_number", "0", "-f", "image2", str(out_dir / "%06d.jpg"))
     return sum(1 for p in out_dir.iterdir() if p.suffix == ".jpg")
 
@@ -150,14 +166,15 @@ def write_audio_track(path: Path, n_frames: int, out: str | Path, cfg: VideoConf
 def prepare_video(video: str | Path, frames_dir: str | Path, audio_out: str | Path,
                   json_out: str | Path, cfg: VideoConfig) -> dict:
     path = Path(video)
-    info = check_input(path, cfg)
-    boxes, most = detect_face_boxes(path, info, cfg)
+    info, timing = check_input(path, cfg)
+    boxes, most = detect_face_boxes(path, info, timing.duration, cfg)
     crop = choose_crop(boxes[:, 1:], info.display_size, cfg.crop_scale)  # type: ignore[arg-type]
-    log.info("%s: %dx%d, %.2f s, crop %s", path, *info.display_size, info.duration, crop)  # type: ignore[misc]
-    expected = round(info.duration * cfg.fps)  # type: ignore[operator]
+    log.info("%s: %dx%d, video %.2f-%.2f s, crop %s", path, *info.display_size,  # type: ignore[misc]
+             timing.start, timing.end, crop)
+    expected = timing.frame_count(cfg.fps)
     with atomic_dir(frames_dir) as tmp:
-        count = extract_frames(path, crop, tmp, cfg)
-        if count < 0.9 * expected - 1:
+        count = extract_frames(path, crop, expected, tmp, cfg)
+        if count != expected:
             raise PipelineError(f"{path}: decoded {count} of {expected} expected frames (truncated or corrupt)")
         write_audio_track(path, count, audio_out, cfg)
     meta = {
@@ -165,7 +182,7 @@ def prepare_video(video: str | Path, frames_dir: str | Path, audio_out: str | Pa
         "source_fps": info.fps,
         "source_size": list(info.display_size),  # type: ignore[arg-type]
         "rotation": info.rotation,
-        "duration": info.duration,
+        "duration": round(timing.duration, 6),
         "crop": [crop[0], crop[1], crop[2], crop[2]],
         "resolution": cfg.resolution,
         "fps": cfg.fps,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import struct
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.demo import DemoConfig, generate
-from pipeline.media import ffmpeg_binary
+from pipeline.media import ENV_VAR, ffmpeg_binary
+from tests.distro_ffmpeg import distro_ffmpeg  # noqa: F401  (session fixture: the distribution's ffmpeg)
 from tests.slurm_cluster import slurm_cluster  # noqa: F401  (session fixture: real single-node SLURM)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,8 +39,40 @@ def demo_short(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(params=["product", pytest.param("distribution", marks=pytest.mark.slow)])
+def product_ffmpeg(request, monkeypatch) -> str:
+    """Run a test twice: with the product's ffmpeg (bundled unless $PIPELINE_FFMPEG says otherwise) and,
+    as a slow test, with the distribution's (tests/distro_ffmpeg.py) in its place, fixtures included."""
+    if request.param == "distribution":
+        monkeypatch.setenv(ENV_VAR, request.getfixturevalue("distro_ffmpeg"))
+    return ffmpeg_binary()
+
+
 def ffmpeg(*args: str) -> None:
+    """Run the product's own ffmpeg. Fixtures use only options every accepted release has (>= 5.1)."""
     subprocess.run([ffmpeg_binary(), "-nostdin", "-v", "error", "-y", *args], check=True)
+
+
+def set_display_rotation(path: Path, degrees: int) -> None:
+    """Tag an MP4's first track (the video) with a display rotation, in place, as phones do.
+
+    Writes the track header's display matrix itself: ffmpeg's ``-display_rotation`` exists only from
+    release 6, and the older ``rotate`` metadata is ignored by newer releases. Angles as ffmpeg reports
+    them (``rotation of -90.00 degrees``), quarter turns only.
+    """
+    data = bytearray(path.read_bytes())
+    box = data.find(b"tkhd")
+    if box < 0 or degrees % 90:
+        raise ValueError(f"{path}: no track header, or {degrees} is not a quarter turn")
+    version = data[box + 4]
+    # after the type: version+flags, times, track id, reserved, duration, reserved, layer, group, volume
+    matrix = box + 4 + 4 + (32 if version == 1 else 20) + 16
+    rad = np.deg2rad(degrees)
+    cos, sin = int(round(np.cos(rad))), int(round(np.sin(rad)))
+    # a, b, u, c, d, v, x, y, w: 16.16 fixed point, u v w 2.30
+    values = (cos << 16, -sin << 16, 0, sin << 16, cos << 16, 0, 0, 0, 1 << 30)
+    data[matrix:matrix + 36] = struct.pack(">9i", *values)
+    path.write_bytes(bytes(data))
 
 
 @pytest.fixture(scope="session")

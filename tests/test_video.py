@@ -9,7 +9,8 @@ import pytest
 import soundfile
 
 from pipeline import video
-from pipeline.media import probe
+from pipeline.media import probe, video_timing
+from tests.conftest import ffmpeg
 from tests.conftest import CLIPS
 
 
@@ -19,9 +20,8 @@ def _prepare(src, out, **kw):
 
 
 def _check_prepared(src, out, meta, resolution):
-    info = probe(src)
     frames = sorted((out / "frames").glob("*.jpg"))
-    assert abs(len(frames) - round(info.duration * 25)) <= 1
+    assert len(frames) == video_timing(src).frame_count(25)  # the module's frame-count contract
     assert meta["frame_count"] == len(frames)
     assert frames[0].name == "000000.jpg"
     from PIL import Image
@@ -43,6 +43,22 @@ def _check_prepared(src, out, meta, resolution):
 def test_prepare_shared_clips(clip, tmp_path):
     meta = _prepare(clip, tmp_path, resolution=256)
     _check_prepared(clip, tmp_path, meta, 256)
+
+
+def test_frame_count_follows_the_video_stream_not_the_container(demo_short, tmp_path):
+    """Video at 30 fps from 0.2 s to 3 s, audio 3.6 s long: 70 frames at 25 fps (the video's 2.8 s), not
+    the 90 of the container's duration, and audio.wav exactly as long as the frames."""
+    clip = tmp_path / "long_audio.mp4"
+    ffmpeg("-i", str(demo_short / "video.mp4"), "-f", "lavfi", "-i", "sine=frequency=220:duration=3.6",
+           "-map", "0:v", "-map", "1:a", "-vf", "fps=30,trim=start=0.2:end=3", "-c:a", "aac", str(clip))
+    assert probe(clip).duration > 3.5
+    timing = video_timing(clip)
+    assert abs(timing.start - 0.2) < 0.02 and abs(timing.end - 3.0) < 0.02 and timing.frames == 84
+    meta = _prepare(clip, tmp_path / "out", resolution=64)
+    assert meta["frame_count"] == 70
+    _check_prepared(clip, tmp_path / "out", meta, 64)
+    wav, sr = soundfile.read(tmp_path / "out" / "audio.wav")
+    assert len(wav) == 70 * sr // 25
 
 
 def test_prepare_demo(demo_short, tmp_path):
