@@ -3,6 +3,8 @@ and the same frames with the distribution's ffmpeg as with the bundled one on ev
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import soundfile
@@ -11,6 +13,7 @@ from PIL import Image
 from pipeline import media, video
 from pipeline.io import PipelineError
 from tests.conftest import CLIPS
+from tests.workflow_helpers import make_workdir, snakemake
 
 _ENCODERS = "libx264 aac mjpeg pcm_s16le rawvideo"
 _FILTERS = "fps crop scale pad tpad apad atrim"
@@ -37,7 +40,7 @@ exit 1
 
 def test_bundled_ffmpeg_is_used_whatever_is_on_path(tmp_path, monkeypatch):
     old = _fake_ffmpeg(tmp_path / "bin", "4.4.2-0ubuntu0.22.04.1")
-    monkeypatch.setenv("PATH", f"{old.parent}:{__import__('os').environ['PATH']}")
+    monkeypatch.setenv("PATH", f"{old.parent}:{os.environ['PATH']}")
     monkeypatch.delenv(media.ENV_VAR, raising=False)
     exe = media.ffmpeg_binary()
     assert exe == media.resolve_ffmpeg(media.BUNDLED) and "imageio_ffmpeg" in exe
@@ -64,6 +67,16 @@ def test_unknown_binary_is_named(tmp_path):
         media.checked_ffmpeg("/no/such/ffmpeg")
     with pytest.raises(PipelineError, match="is not ffmpeg"):
         media.check_ffmpeg("/bin/true")
+
+
+def test_workflow_checks_the_chosen_ffmpeg_before_any_job(tmp_path):
+    old = _fake_ffmpeg(tmp_path / "old", "4.4.2-0ubuntu0.22.04.1", encoders="aac mjpeg")
+    work = make_workdir(tmp_path / "work", {"a": ("a.mp4", 128)}, ffmpeg={"binary": str(old)})
+    env = {k: v for k, v in os.environ.items() if k != media.ENV_VAR}
+    proc = snakemake(work, "-n", check=False, env=env)
+    assert proc.returncode != 0
+    assert f"ffmpeg: {old} cannot run the pipeline: version 4.4.2-0ubuntu0.22.04.1 is older than 5.1; " \
+           "no encoders libx264, pcm_s16le, rawvideo" in proc.stdout + proc.stderr
 
 
 def _prepare(clip, out):

@@ -18,9 +18,9 @@ _python = (
     if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
     else shlex.quote(sys.executable)
 )
-shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}:$PYTHONPATH; PY={_python}; ")
 
 from pipeline import config as pipeline_config
+from pipeline import media
 from pipeline.io import PipelineError
 from pipeline.paths import SubjectPaths
 
@@ -29,6 +29,16 @@ try:
 except PipelineError as err:
     raise WorkflowError(str(err)) from None
 config.update(SETTINGS.config)
+# One ffmpeg for every job, checked before any job starts; $PIPELINE_FFMPEG takes precedence over the config.
+FFMPEG = os.environ.get(media.ENV_VAR) or config["ffmpeg"]["binary"]
+try:
+    media.checked_ffmpeg(FFMPEG)
+except PipelineError as err:
+    raise WorkflowError(str(err)) from None
+shell.prefix(
+    f"export PYTHONPATH={shlex.quote(workflow.basedir)}:$PYTHONPATH {media.ENV_VAR}={shlex.quote(FFMPEG)}; "
+    f"PY={_python}; "
+)
 SUBJECTS = SETTINGS.subjects
 DRIVES = SETTINGS.drives
 P = SubjectPaths.of(config["results"], "{subject}")  # artefact paths with the subject wildcard
