@@ -15,8 +15,8 @@ accepted ffmpeg cuts the same frames. ``audio.wav`` is then cut or silence-padde
 
 ``video.json`` records: ``source`` (path), ``source_fps``, ``source_size`` [w, h] after autorotation,
 ``rotation``, ``duration`` (s, of the video stream), ``crop`` [x, y, side, side] in source pixels,
-``resolution``, ``fps``, ``frame_count``, ``audio_sample_rate``, ``face_boxes`` (sampled [t, x, y, w, h] in source pixels) and
-``faces_per_frame_max``.
+``resolution``, ``fps``, ``frame_count``, ``audio_sample_rate``, ``face_boxes`` (sampled [t, x, y, w, h] in
+source pixels) and ``faces_per_frame_max``.
 """
 
 from __future__ import annotations
