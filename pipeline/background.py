@@ -1,11 +1,14 @@
 """Stages ``extract_background`` (``plate``) and ``split_head_torso`` (``split``).
 
-``plate`` writes ``background.png`` (RGB uint8, frame size): the per-pixel mean over sampled frames where the
-pixel is background and farther than ``margin`` from the person. Pixels never that far from the person take
-the mean over frames where they are background at all (segmentation edges are less reliable there), and
-pixels never background are filled from the nearest known pixel, then softened (Gaussian, 2% of the frame
-size) so the fill has no radial streaks. Frames are sampled evenly (at most ``max_samples``, at least
-``min_stride`` frames apart: neighbouring frames add no new background) and streamed.
+``plate`` writes ``background.png`` (RGB uint8, frame size), each pixel's background colour over sampled
+frames. A sample counts at a pixel where the pixel is background farther than ``margin`` from the person
+(segmentation edges leave a halo of skin and hair just outside the mask). The pixel takes the mean of those
+samples, or, where they disagree by more than twice ``tolerance``, the mean of the ones within ``tolerance``
+of their per-channel median, so a person the segmentation missed in a few frames is outvoted. A pixel that
+counts in fewer than ``min_seen`` of the samples (where the person nearly always stands, its rare
+"background" samples are likely misses) is unknown and inpainted from the surrounding plate by push-pull
+interpolation. Frames are sampled evenly (at most ``max_samples``, at least ``min_stride`` frames apart:
+neighbouring frames add no new background) and streamed; memory is bounded by the sample count.
 
 ``split`` writes, per frame:
 
@@ -69,11 +72,15 @@ MAX_PLATE_SAMPLES = 257  # the plate's uint16 sums hold 257 samples of 255
 class PlateConfig:
     max_samples: int = 100
     min_stride: int = 4  # frames between samples, at least
-    margin: float = 0.03  # minimum distance from the person for a trusted sample, fraction of frame size
+    margin: float = 0.03  # distance from the person for a trusted sample, fraction of frame size
+    min_seen: float = 0.2  # pixels background in fewer of the samples are unknown (inpainted)
+    tolerance: int = 24  # a sample within this of the pixel's median background colour (max over RGB) counts
 
     def __post_init__(self) -> None:
-        if not 1 <= self.max_samples <= MAX_PLATE_SAMPLES or self.min_stride < 1 or self.margin < 0:
-            raise ValueError(f"invalid plate settings {self} (max_samples 1..{MAX_PLATE_SAMPLES})")
+        if (not 1 <= self.max_samples <= MAX_PLATE_SAMPLES or self.min_stride < 1 or self.margin < 0
+                or not 0 <= self.min_seen <= 1 or not 0 <= self.tolerance <= 255):
+            raise ValueError(f"invalid plate settings {self} (max_samples 1..{MAX_PLATE_SAMPLES}, "
+                             "min_seen 0..1, tolerance 0..255)")
 
 
 def sample_indices(n: int, config: PlateConfig = PlateConfig()) -> np.ndarray:
@@ -111,72 +118,174 @@ def _pixels(rgb: np.ndarray) -> np.ndarray:
     return rgb.view(_PIXEL)[..., 0]
 
 
-def _masked(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """RGB uint8 [H, W, 3] with pixels outside bool ``mask`` [H, W] zeroed."""
-    out = np.zeros_like(image)
+def _masked(image: np.ndarray, mask: np.ndarray, fill: int = 0) -> np.ndarray:
+    """RGB uint8 [H, W, 3] with pixels outside bool ``mask`` [H, W] set to ``fill``."""
+    out = np.full_like(image, fill)
     np.copyto(_pixels(out), _pixels(image), where=mask)
     return out
 
 
-class PlateAccumulator:
-    """Running per-pixel sums of background samples; memory is a few frame-sized arrays whatever the count."""
+def masked_median(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Per-element lower median over the valid samples: uint8 [K, ...] values, bool [K, ...] valid ->
+    uint8 [...] (0 where no sample is valid).
 
-    def __init__(self, shape: tuple[int, int], margin_px: float):
+    One ``np.partition`` of all K samples: the invalid ones are replaced by 0s and 255s, as many 0s as must lie
+    below the valid samples' median for it to land at the middle index.
+    """
+    k = len(values)
+    n = valid.sum(axis=0, dtype=np.int16)
+    lows = (k - 1) // 2 - (np.maximum(n, 1) - 1) // 2
+    key = np.where(valid, values, np.uint8(255))
+    taken = np.zeros(n.shape, dtype=np.int16)
+    for i in range(k):
+        low = ~valid[i] & (taken < lows)
+        key[i][low] = 0
+        taken += low
+    median = np.partition(key, (k - 1) // 2, axis=0)[(k - 1) // 2]
+    median[n == 0] = 0
+    return median
+
+
+def robust_mean(values: np.ndarray, valid: np.ndarray, tolerance: int) -> np.ndarray:
+    """Mean of the valid samples within ``tolerance`` (every channel) of their per-channel median.
+
+    values: uint8 [K, n, C]; valid: bool [K, n]. Returns float32 [n, C] (the median where no sample is that
+    close). A minority of outliers (a person the segmentation missed) never shifts the result.
+    """
+    k, n, c = values.shape
+    median = masked_median(values.reshape(k, n * c), np.repeat(valid, c, axis=1)).reshape(n, c)
+    total = np.zeros((n, c), dtype=np.uint32)
+    count = np.zeros(n, dtype=np.uint16)
+    for sample, use in zip(values, valid):
+        # |sample - median| <= tolerance in uint8 without widening: the difference of max and min
+        close = (np.maximum(sample, median) - np.minimum(sample, median)) <= tolerance
+        inlier = use & close[:, 0]
+        for channel in range(1, c):
+            inlier &= close[:, channel]
+        total += sample * inlier[:, None]
+        count += inlier
+    return np.where((count > 0)[:, None], total / np.maximum(count, 1)[:, None].astype(np.float32),
+                    median.astype(np.float32))
+
+
+def inpaint(image: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Fill the unknown pixels of ``image`` from the known ones by push-pull interpolation.
+
+    image: float [H, W, C]; known: bool [H, W] (some pixel known). Returns float32 [H, W, C], equal to
+    ``image`` on known pixels. Pull: halve the resolution (2x2 weighted means, weights capped at 1) until
+    every pixel has some weight; push: from the coarsest level down, each pixel keeps its own value by its
+    weight and takes the bilinearly upsampled coarser level for the rest. Smooth fills in a few frame-sized
+    passes (no streaks as from a nearest-pixel fill, no linear system as for a biharmonic one).
+    """
+    if not known.any():
+        raise ValueError("no known pixel to inpaint from")
+    colour = np.where(known[..., None], image, 0).astype(np.float32)
+    weight = known.astype(np.float32)
+    pyramid = [(colour, weight)]
+    while weight.min() == 0:
+        pad = ((0, weight.shape[0] % 2), (0, weight.shape[1] % 2))
+        c = np.pad(colour * weight[..., None], (*pad, (0, 0)))
+        w = np.pad(weight, pad)
+        c = c[0::2, 0::2] + c[1::2, 0::2] + c[0::2, 1::2] + c[1::2, 1::2]
+        w = w[0::2, 0::2] + w[1::2, 0::2] + w[0::2, 1::2] + w[1::2, 1::2]
+        colour, weight = c / np.maximum(w, 1e-12)[..., None], np.minimum(w, 1.0)
+        pyramid.append((colour, weight))
+    filled = colour
+    for colour, weight in reversed(pyramid[:-1]):
+        h, w = weight.shape
+        up = _resize_bilinear(filled, (h + h % 2, w + w % 2))[:h, :w]
+        filled = colour * weight[..., None] + up * (1 - weight[..., None])
+    return filled
+
+
+def _resize_bilinear(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """float32 [h, w, C] -> [H, W, C], pixel centres aligned (Pillow's float mode, one channel at a time)."""
+    size = (shape[1], shape[0])
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c]), mode="F")
+                                .resize(size, Image.BILINEAR)) for c in range(image.shape[-1])], axis=-1)
+
+
+class PlateAccumulator:
+    """The background samples of a plate: running per-pixel sums and ranges, and the samples themselves (about
+    4 bytes per pixel and sample: memory is bounded by ``capacity``, not by the video length).
+
+    A sample is trusted at a pixel when the pixel is background farther than ``margin_px`` from the person
+    (segmentation edges are unreliable: a halo of skin and hair sits just outside them). :meth:`plate` takes
+    each pixel's mean over its trusted samples; where they disagree by more than twice ``tolerance`` (an
+    outlier, not noise), the mean of the ones within ``tolerance`` of their per-channel median instead, so a
+    person the segmentation missed in a minority of them is outvoted. A pixel trusted in fewer than
+    ``min_seen`` of the samples (where the person nearly always stands, its rare "background" samples are
+    likely misses) is unknown and inpainted from the surrounding plate.
+    """
+
+    def __init__(self, shape: tuple[int, int], margin_px: float, capacity: int = MAX_PLATE_SAMPLES,
+                 min_seen: float = PlateConfig.min_seen, tolerance: int = PlateConfig.tolerance):
+        if not 1 <= capacity <= MAX_PLATE_SAMPLES:
+            raise ValueError(f"a plate takes 1..{MAX_PLATE_SAMPLES} samples, not {capacity}")
         h, w = shape
         self.shape = (h, w)
         self.margin_px = margin_px
+        self.min_seen = min_seen
+        self.tolerance = tolerance
         self.samples = 0
-        self._far_sum = np.zeros((h, w, 3), dtype=np.uint16)
-        self._far_count = np.zeros((h, w), dtype=np.uint16)
-        self._near_sum = np.zeros((h, w, 3), dtype=np.uint16)
-        self._near_count = np.zeros((h, w), dtype=np.uint16)
+        # np.empty reserves address space only: pages are committed as samples arrive
+        self._frames = np.empty((capacity, h, w, 3), dtype=np.uint8)
+        self._trusted = np.empty((capacity, h, w), dtype=bool)
+        self._sum = np.zeros((h, w, 3), dtype=np.uint16)  # uint16 holds 257 samples of 255
+        self._count = np.zeros((h, w), dtype=np.uint16)
+        self._low = np.full((h, w, 3), 255, dtype=np.uint8)  # per-channel range of the trusted samples
+        self._high = np.zeros((h, w, 3), dtype=np.uint8)
 
     def add(self, frame: np.ndarray, labels: np.ndarray) -> None:
         """frame: RGB uint8 [H, W, 3]; labels: uint8 [H, W]."""
         if frame.shape != (*self.shape, 3) or labels.shape != self.shape:
             raise ValueError(f"plate of size {self.shape} got frame {frame.shape} and labels {labels.shape}")
-        if self.samples >= MAX_PLATE_SAMPLES:
-            raise ValueError(f"a plate takes at most {MAX_PLATE_SAMPLES} samples")
-        self.samples += 1
+        if self.samples >= len(self._frames):
+            raise ValueError(f"this plate takes at most {len(self._frames)} samples")
         frame = np.ascontiguousarray(frame)
-        background = labels == BACKGROUND
-        far = far_from_person(labels, self.margin_px)
-        self._near_sum += _masked(frame, background)
-        self._near_count += background
-        self._far_sum += _masked(frame, far)
-        self._far_count += far
+        trusted = far_from_person(labels, self.margin_px)
+        self._frames[self.samples] = frame
+        self._trusted[self.samples] = trusted
+        self.samples += 1
+        seen = _masked(frame, trusted)
+        self._sum += seen
+        self._count += trusted
+        np.maximum(self._high, seen, out=self._high)
+        np.minimum(self._low, _masked(frame, trusted, fill=255), out=self._low)
+
+    def known(self) -> np.ndarray:
+        """bool [H, W]: pixels trusted in at least ``min_seen`` of the samples (the others are inpainted)."""
+        return self._count >= max(1, int(np.ceil(self.min_seen * self.samples - 1e-9)))
 
     def known_fraction(self) -> float:
-        """Fraction of pixels seen as background at least once."""
-        return float((self._near_count > 0).mean())
+        return float(self.known().mean())
 
     def plate(self) -> np.ndarray:
-        """RGB uint8 [H, W, 3]. Raises ValueError when no pixel was ever background."""
-        far = self._far_count > 0
-        near = (self._near_count > 0) & ~far
-        if not (far.any() or near.any()):
-            raise ValueError("no pixel is background in any sample")
-        plate = np.zeros((*self.shape, 3), dtype=np.float64)
-        plate[far] = self._far_sum[far] / self._far_count[far, None]
-        plate[near] = self._near_sum[near] / self._near_count[near, None]
-        unknown = ~(far | near)
-        if unknown.any():
-            rows, cols = ndimage.distance_transform_edt(unknown, return_distances=False, return_indices=True)
-            plate = plate[rows, cols]
-            # nearest-pixel filling leaves radial streaks; soften them (filled pixels only)
-            sigma = 0.02 * min(self.shape)
-            plate[unknown] = ndimage.gaussian_filter(plate, sigma=(sigma, sigma, 0))[unknown]
-        return np.clip(plate + 0.5, 0, 255).astype(np.uint8)
+        """RGB uint8 [H, W, 3]. Raises ValueError when no pixel was trusted in enough samples."""
+        known = self.known()
+        if not known.any():
+            raise ValueError("no pixel is background in enough samples")
+        plate = self._sum / np.maximum(self._count, 1)[..., None].astype(np.float32)
+        # samples that disagree by more than twice the tolerance hold an outlier; noise alone seldom does
+        contested = known & ((self._high.astype(np.int16) - self._low).max(axis=-1) > 2 * self.tolerance)
+        if contested.any():
+            ys, xs = np.nonzero(contested)
+            plate[ys, xs] = robust_mean(self._frames[:self.samples, ys, xs],
+                                        self._trusted[:self.samples, ys, xs], self.tolerance)
+        return np.clip(inpaint(plate, known) + 0.5, 0, 255).astype(np.uint8)
 
 
 def extract_plate(frames_dir: Path, parsing_dir: Path, out: Path, config: PlateConfig = PlateConfig(),
                   threads: int = 2) -> float:
-    """Write ``out`` (background.png); returns the fraction of pixels seen as background."""
+    """Write ``out`` (background.png); returns the fraction of pixels seen as background often enough (the
+    rest is inpainted)."""
     frames = list_frames(frames_dir, ext="jpg")
     maps = list_frames(parsing_dir, ext="png")
     _check_pairs(frames, maps, frames_dir, parsing_dir)
     first = load_rgb(frames[0])
-    accumulator = PlateAccumulator(first.shape[:2], config.margin * min(first.shape[:2]))
+    indices = sample_indices(len(frames), config)
+    accumulator = PlateAccumulator(first.shape[:2], config.margin * min(first.shape[:2]), len(indices),
+                                   config.min_seen, config.tolerance)
 
     def load(i: int) -> tuple[np.ndarray, np.ndarray]:
         frame = load_rgb(frames[i])
@@ -185,15 +294,15 @@ def extract_plate(frames_dir: Path, parsing_dir: Path, out: Path, config: PlateC
                                 f"expected {list(first.shape)}")
         return frame, load_labels(maps[i], first.shape[:2])
 
-    indices = sample_indices(len(frames), config)
     for frame, labels in cli.progress(map_threaded(load, indices, threads), total=len(indices),
                                       desc="extract_background"):
         accumulator.add(frame, labels)
     try:
         plate = accumulator.plate()
     except ValueError as err:
-        raise PipelineError(f"{parsing_dir}: no background visible in any of the {len(indices)} sampled "
-                            "frames; a background plate needs some background around the person") from err
+        raise PipelineError(f"{parsing_dir}: no pixel is background in {100 * config.min_seen:g}% of the "
+                            f"{len(indices)} sampled frames (no background visible); a background plate needs "
+                            "some background around the person") from err
     save_image(out, plate)
     return accumulator.known_fraction()
 
@@ -420,6 +529,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="frames between samples, at least")
     plate.add_argument("--margin", type=float, default=d.margin,
                        help="distance from the person for a trusted sample, fraction of frame size")
+    plate.add_argument("--min-seen", type=float, default=d.min_seen,
+                       help="pixels background in fewer of the samples are inpainted (fraction)")
+    plate.add_argument("--tolerance", type=int, default=d.tolerance,
+                       help="samples within this of the median background colour are averaged (0..255)")
     plate.add_argument("--threads", type=int, default=2)
     s = SplitConfig()
     split = sub.add_parser("split", help="stage split_head_torso: head/, torso/, blink.npy, QC sheet")
@@ -442,14 +555,15 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> None:
     try:
         if args.command == "plate":
-            plate_config = PlateConfig(args.max_samples, args.min_stride, args.margin)
+            plate_config = PlateConfig(args.max_samples, args.min_stride, args.margin, args.min_seen,
+                                       args.tolerance)
         else:
             split_config = SplitConfig(args.feather, args.qc_frames)
     except ValueError as err:
         raise PipelineError(f"background {args.command}: {err}") from err
     if args.command == "plate":
         known = extract_plate(args.frames, args.parsing, args.out, plate_config, args.threads)
-        log.info("%s: plate written; %.1f%% of pixels seen as background", args.out, 100 * known)
+        log.info("%s: plate written; %.1f%% of pixels seen as background, the rest inpainted", args.out, 100 * known)
     else:
         n = split_video(args.frames, args.parsing, args.background, args.landmarks, args.head_out,
                         args.torso_out, args.blink_out, args.mouth_masks, args.qc, split_config, args.threads)

@@ -12,10 +12,12 @@ How a pixel gets its label:
 * the rest of the person is split geometrically in the face's own frame (u along the ear-to-ear axis, v down
   the face). The jaw line is the face oval's lower contour between the jaw angles; under it, a band about as
   wide as the jaw and 0.6 face heights deep is neck. Person pixels inside a head box (2.5 face half-widths to
-  either side, reaching one face height above the forehead) above the jaw angles' height, and between that
-  height and the chin's within 1.2 half-widths of the face centre outside the neck band, are hair/head (hair,
-  ears, skin behind the jaw: what moves with the head). Every other person pixel is torso, including
-  shoulders and long hair below the chin.
+  either side, reaching one face height above the forehead) above the jaw angles are hair/head (hair, ears,
+  skin behind the cheeks: what moves with the head); the box's lower edge is each side's jaw-angle height,
+  joined by the line between the angles. Nothing outside the face oval below that line is head: beside the
+  jaw the segmentation holds neck, collar and jacket (the torso image has them), and a seam at the jaw line
+  is one the head model can follow. Every other person pixel is torso, including shoulders and long hair
+  below the jaw angles.
 """
 
 from __future__ import annotations
@@ -67,7 +69,6 @@ class ParsingConfig:
     person_threshold: float = 0.5  # on the selfie segmentation probability
     head_width: float = 2.5  # head box half-width in W (hair beside the face, long hair off-frame)
     head_top: float = 1.0  # head box top, in H above the forehead top (hair above the oval)
-    beside_jaw: float = 1.2  # below the jaw angles, hair/head reaches this far out, in W (not the shoulders)
     neck_width: float = 0.9  # neck band width as a fraction of the jaw-angle distance
     neck_height: float = 0.6  # neck band depth below the chin, in H
 
@@ -76,7 +77,7 @@ class ParsingConfig:
             raise ValueError(f"selfie_model must be 0 or 1, got {self.selfie_model}")
         if not 0.0 < self.person_threshold < 1.0:
             raise ValueError(f"person_threshold must be in (0, 1), got {self.person_threshold}")
-        for name in ("head_width", "head_top", "beside_jaw", "neck_width", "neck_height"):
+        for name in ("head_width", "head_top", "neck_width", "neck_height"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -161,25 +162,18 @@ class _JawProfile:
 
 
 def head_polygon(landmarks: np.ndarray, config: ParsingConfig = ParsingConfig()) -> np.ndarray:
-    """Hair/head region as an image polygon [K, 2] (x, y pixels): the head box above the jaw angles' height;
-    below it, down to the chin's height, the part within ``beside_jaw`` half-widths of the face centre, less
-    the neck band (hair and skin beside the jaw move with the head, shoulders further out do not).
+    """Hair/head region as an image polygon [K, 2] (x, y pixels): the head box down to the jaw angles (each
+    side at its own angle's height, the line between the angles in between). Nothing below it is head but
+    the face oval itself: beside the jaw lie neck, collar and jacket.
 
     landmarks: [478, 2 or 3] of one frame.
     """
     jp = _JawProfile.of(landmarks, config)
     top = float(jp.frame.to_face(np.asarray(landmarks)[_FOREHEAD, :2])[1]) - config.head_top * jp.frame.height
-    # the regions must enclose the jaw line and the neck band even for a strongly turned face
-    b = max(config.beside_jaw * jp.frame.half_width, abs(jp.lo) + 1.0, abs(jp.hi) + 1.0,
-            float(np.abs(jp.ju).max()) + 1.0)
-    a = max(config.head_width * jp.frame.half_width, b)
-    bottom = max(float(jp.chin[1]), float(jp.jv.max()))
-    left_angle, right_angle = float(jp.jv[0]), float(jp.jv[-1])  # jaw line v at its ends (sorted by u)
-    uv = np.concatenate([
-        [[-a, top], [a, top], [a, right_angle], [b, right_angle], [b, bottom], [jp.hi, bottom]],
-        jp.jaw_between(jp.lo, jp.hi)[::-1],
-        [[jp.lo, bottom], [-b, bottom], [-b, left_angle], [-a, left_angle]],
-    ])
+    # jaw angles in face coordinates, by increasing u (the jaw line's ends)
+    (u0, v0), (u1, v1) = (jp.ju[0], jp.jv[0]), (jp.ju[-1], jp.jv[-1])
+    a = max(config.head_width * jp.frame.half_width, abs(u0) + 1.0, abs(u1) + 1.0)
+    uv = np.array([[-a, top], [a, top], [a, v1], [u1, v1], [u0, v0], [-a, v0]])
     return jp.frame.to_image(uv)
 
 
@@ -401,8 +395,6 @@ def _parser() -> argparse.ArgumentParser:
                    help="head box half-width / face half-width")
     p.add_argument("--head-top", type=float, default=d.head_top,
                    help="head box top above the forehead / face height")
-    p.add_argument("--beside-jaw", type=float, default=d.beside_jaw,
-                   help="half-width of hair/head between jaw-angle and chin height / face half-width")
     p.add_argument("--neck-width", type=float, default=d.neck_width,
                    help="neck band width / jaw-angle distance")
     p.add_argument("--neck-height", type=float, default=d.neck_height, help="neck band depth / face height")
@@ -412,7 +404,7 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> None:
     try:
         config = ParsingConfig(selfie_model=args.selfie_model, person_threshold=args.person_threshold,
-                               head_width=args.head_width, head_top=args.head_top, beside_jaw=args.beside_jaw,
+                               head_width=args.head_width, head_top=args.head_top,
                                neck_width=args.neck_width, neck_height=args.neck_height)
     except ValueError as err:
         raise PipelineError(f"parse_faces: {err}") from err

@@ -113,6 +113,21 @@ def test_above_the_eyes_outside_the_face_is_hair_or_background(subject):
         assert labels[0, 0] == BACKGROUND and labels[0, -1] == BACKGROUND, i  # ...and the corners are not
 
 
+def test_head_takes_nothing_below_the_jaw_outside_the_face(subject):
+    """Beside and under the jaw lie neck, collar and jacket, which the torso image already has: no head label
+    outside the face oval below the jaw line (extended flat beyond the jaw angles)."""
+    for i, lm, labels in _each(subject):
+        frame = FaceFrame.of(lm)
+        jaw = frame.to_face(lm[list(parsing.JAW_LINE), :2])
+        order = np.argsort(jaw[:, 0])
+        ys, xs = np.nonzero(np.isin(labels, parsing.HEAD_LABELS))
+        uv = frame.to_face(np.stack([xs + 0.5, ys + 0.5], 1))
+        below = uv[:, 1] > np.interp(uv[:, 0], jaw[order, 0], jaw[order, 1]) + 1.5
+        oval = polygon_mask(lm[list(L.FACE_OVAL), :2], labels.shape)
+        stray = below & ~oval[ys, xs]
+        assert stray.sum() <= 0.001 * len(ys), (i, int(stray.sum()))
+
+
 def test_mouth_masks_contain_the_mouth(subject):
     for i, lm, labels in _each(subject):
         mask = load_image(subject / "mouth_masks" / f"{i:06d}.png")

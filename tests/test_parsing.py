@@ -120,6 +120,23 @@ def test_neck_band_lies_below_the_jaw_line():
     assert neck[:, 1].max() > frame.to_face(lm[152, :2])[1] + 0.5 * frame.height
 
 
+def test_nothing_below_the_jaw_angles_outside_the_face_is_head():
+    """Beside the jaw lie neck, collar and jacket: with a person everywhere, every pixel outside the face oval
+    below the line through the jaw angles is neck or torso, and above it (in the head box) hair/head."""
+    lm = synthetic_face()
+    labels = parse_frame(lm, np.ones((320, 256), bool))
+    frame = FaceFrame.of(lm)
+    yy, xx = np.mgrid[0:320, 0:256]
+    uv = frame.to_face(np.stack([xx + 0.5, yy + 0.5], -1))
+    angles = frame.to_face(lm[[parsing.JAW_LINE[0], parsing.JAW_LINE[-1]], :2])
+    assert abs(angles[0, 1] - angles[1, 1]) < 1e-3  # symmetric synthetic face: one angle height
+    oval = polygon_mask(lm[list(parsing.FACE_OVAL), :2], labels.shape)
+    below = (uv[..., 1] > angles[0, 1] + 1) & ~oval
+    above = (uv[..., 1] < angles[0, 1] - 1) & ~oval & (np.abs(uv[..., 0]) < 2 * frame.half_width)
+    assert below.sum() > 10000 and np.isin(labels[below], (NECK, TORSO)).all()
+    assert (labels[above] == HAIR).all()
+
+
 def test_person_mask_upsamples_and_thresholds():
     prob = np.zeros((4, 4), np.float32)
     prob[:, 2:] = 1.0

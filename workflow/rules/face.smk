@@ -61,6 +61,8 @@ rule extract_background:
     params:
         max_samples=config["background"]["max_samples"],
         margin=config["background"]["margin"],
+        min_seen=config["background"]["min_seen"],
+        tolerance=config["background"]["tolerance"],
     log:
         P.log("extract_background"),
     benchmark:
@@ -74,7 +76,7 @@ rule extract_background:
     shell:
         "$PY -m pipeline.background plate --frames {input.frames:q} --parsing {input.parsing:q}"
         " --out {output.plate:q} --max-samples {params.max_samples} --margin {params.margin}"
-        " --threads {threads} > {log:q} 2>&1"
+        " --min-seen {params.min_seen} --tolerance {params.tolerance} --threads {threads} > {log:q} 2>&1"
 
 
 rule split_head_torso:
