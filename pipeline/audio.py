@@ -37,7 +37,8 @@ of 20 s with 2 s of context on each side (memory of attention grows with the squ
 
 Normalisation
 -------------
-Per channel mean and std over the subject's own frame steps (context padding excluded), saved beside the
+Per channel mean and std over the subject's training frames' own steps (context padding and the test split
+excluded, :mod:`pipeline.split`), saved beside the
 features (``SubjectPaths.audio_stats``) and reused for every driving audio of the subject, so driving
 features live in the same units the model was trained on. A std below a tenth of the median channel std
 (e.g. bands above a low-pass of the subject's recording) is raised to that, so driving audio with
@@ -59,6 +60,7 @@ import numpy as np
 from pipeline import cli
 from pipeline.io import PipelineError, load_json, save_npy, save_npz
 from pipeline.media import decode_audio, write_wav
+from pipeline.split import train_test_split
 
 log = logging.getLogger("pipeline.audio")
 
@@ -295,7 +297,8 @@ def extract_audio_features(samples: np.ndarray, n_frames: int, config: AudioFeat
                 f"extractor {config.extractor} needs a speech encoder (see load_speech_encoder)")
         steps = speech_steps(samples, n_frames, config, encoder)
     if stats is None:
-        stats = compute_stats(steps, n_frames, config)
+        # the subject's own audio: statistics from training frames only, so test audio stays unseen
+        stats = compute_stats(steps, len(train_test_split(n_frames)[0]) if n_frames > 1 else n_frames, config)
     elif stats.channels != steps.shape[1]:
         raise PipelineError(
             f"audio statistics have {stats.channels} channels, features have {steps.shape[1]}")

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from pipeline.io import PipelineError, list_frames, load_json, load_rgb
+from pipeline.io import PipelineError, list_frames, load_image, load_json, load_rgb
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,46 @@ def training_size(width: int, height: int, resolution: int | None) -> tuple[int,
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+class FrameStore:
+    """The frames of one directory at a fixed size, decoded lazily and kept as uint8 up to ``cache_mb``.
+
+    ``files`` hold images of ``source_size`` (W, H); ``pixels(i)`` is frame i resized (box filter) to
+    ``size``, RGB [H,W,3] or, with ``grey``, one channel [H,W].
+    """
+
+    def __init__(self, files: list[Path], source_size: tuple[int, int], size: tuple[int, int],
+                 grey: bool = False, cache_mb: int = 2048):
+        self.files = files
+        self.source_size = source_size
+        self.size = size
+        self.grey = grey
+        self._cache: dict[int, np.ndarray] = {}
+        self._cache_limit = max(0, cache_mb * 2**20 // (size[0] * size[1] * (1 if grey else 3)))
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def read(self, path: Path) -> np.ndarray:
+        """An image of the source size, resized to ``size``."""
+        image = load_image(path) if self.grey else load_rgb(path)
+        if self.grey and image.ndim == 3:
+            image = image[..., 0]
+        width, height = self.source_size
+        if image.shape[:2] != (height, width):
+            raise PipelineError(f"{path}: {image.shape[1]}x{image.shape[0]} pixels, cameras.json says {width}x{height}")
+        if self.size != self.source_size:
+            image = np.asarray(Image.fromarray(image).resize(self.size, Image.Resampling.BOX))
+        return image
+
+    def pixels(self, index: int) -> np.ndarray:
+        image = self._cache.get(index)
+        if image is None:
+            image = self.read(self.files[index])
+            if len(self._cache) < self._cache_limit:
+                self._cache[index] = image
+        return image
+
+
 class HeadViews:
     """Head frames (the training target: head over the background plate) with their cameras.
 
@@ -77,42 +117,28 @@ class HeadViews:
 
     def __init__(self, head_dir: str | Path, cameras: Cameras, background: str | Path,
                  resolution: int | None = None, device: torch.device | str = "cpu", cache_mb: int = 2048):
-        self.files = list_frames(head_dir, ext="png")
-        if len(self.files) != len(cameras):
-            raise PipelineError(f"{head_dir}: {len(self.files)} head frames but cameras.json has {len(cameras)}; "
+        files = list_frames(head_dir, ext="png")
+        if len(files) != len(cameras):
+            raise PipelineError(f"{head_dir}: {len(files)} head frames but cameras.json has {len(cameras)}; "
                                 "rerun split_head_torso and track_head_pose on the same frames")
         self.cameras = cameras
         self.device = torch.device(device)
         self.width, self.height = training_size(cameras.width, cameras.height, resolution)
+        self.frames = FrameStore(files, (cameras.width, cameras.height), (self.width, self.height),
+                                 cache_mb=cache_mb)
         self.K = torch.tensor(cameras.scaled_K(self.width, self.height), dtype=torch.float32, device=self.device)
         self.viewmats = torch.tensor(cameras.world_to_camera, dtype=torch.float32, device=self.device)
-        self.background = self._to_tensor(self._read(Path(background)))
-        self._cache: dict[int, np.ndarray] = {}
-        self._cache_limit = max(0, cache_mb * 2**20 // (self.width * self.height * 3))
+        self.background = self._to_tensor(self.frames.read(Path(background)))
 
     def __len__(self) -> int:
-        return len(self.files)
-
-    def _read(self, path: Path) -> np.ndarray:
-        """An image of the camera size, resized to the training size."""
-        rgb, width, height = load_rgb(path), self.cameras.width, self.cameras.height
-        if rgb.shape[:2] != (height, width):
-            raise PipelineError(f"{path}: {rgb.shape[1]}x{rgb.shape[0]} pixels, cameras.json says {width}x{height}")
-        if (self.width, self.height) != (width, height):
-            rgb = np.asarray(Image.fromarray(rgb).resize((self.width, self.height), Image.Resampling.BOX))
-        return rgb
+        return len(self.frames)
 
     def _to_tensor(self, rgb: np.ndarray) -> Tensor:
         return torch.from_numpy(np.array(rgb)).to(self.device, torch.float32) / 255
 
     def pixels(self, index: int) -> np.ndarray:
         """uint8 [H,W,3] of frame ``index`` at the training size."""
-        rgb = self._cache.get(index)
-        if rgb is None:
-            rgb = self._read(self.files[index])
-            if len(self._cache) < self._cache_limit:
-                self._cache[index] = rgb
-        return rgb
+        return self.frames.pixels(index)
 
     def image(self, index: int) -> Tensor:
         return self._to_tensor(self.pixels(index))

@@ -198,6 +198,7 @@ UPPER_OVAL: tuple[int, ...] = _SETS["UPPER_OVAL"]
 FOREHEAD_CENTRE: tuple[int, ...] = (151, 9, 8)
 #: Mouth region: both lip contours.
 MOUTH: tuple[int, ...] = tuple(sorted(set(LIPS_OUTER) | set(LIPS_INNER)))
+INNER_LIP_TOP, INNER_LIP_BOTTOM, NOSE_TIP, CHIN = 13, 14, 1, 152
 #: Points that do not move with speech or expression: forehead and temples, nose bridge, eye corners.
 STABLE: tuple[int, ...] = tuple(sorted(
     set(UPPER_OVAL) | set(FOREHEAD_CENTRE) | set(NOSE_BRIDGE) | set(RIGHT_EYE_CORNERS) | set(LEFT_EYE_CORNERS)
@@ -248,6 +249,28 @@ def blink_signal(landmarks: np.ndarray, percentile: float = 90.0, ceiling: float
     if reference <= 1e-6:
         return np.zeros_like(openness)
     return np.clip(openness / reference, 0.0, ceiling).astype(np.float32)
+
+
+def mouth_aperture(landmarks: np.ndarray) -> np.ndarray:
+    """Inner-lip gap at the mouth centre (points 13 and 14), pixels: [N, 478, 2+] -> [N]."""
+    lm = np.asarray(landmarks, dtype=np.float64)
+    return np.linalg.norm(lm[..., INNER_LIP_TOP, :2] - lm[..., INNER_LIP_BOTTOM, :2], axis=-1)
+
+
+def chin_drop(landmarks: np.ndarray) -> np.ndarray:
+    """Nose tip (1) to chin (152) distance, pixels: grows when the jaw opens. [N, 478, 2+] -> [N]."""
+    lm = np.asarray(landmarks, dtype=np.float64)
+    return np.linalg.norm(lm[..., CHIN, :2] - lm[..., NOSE_TIP, :2], axis=-1)
+
+
+def detect_sequence(images: Iterable[np.ndarray], total: int | None = None) -> np.ndarray:
+    """MediaPipe face mesh over RGB uint8 images in time order: [N, 478, 3] pixels, NaN where no face
+    (for measuring renders and real frames alike)."""
+    detector = MediaPipeDetector(LandmarkConfig(max_faces=1))
+    try:
+        return detect_frames(images, detector, total=total, source="images")[0]
+    finally:
+        detector.close()
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -123,8 +123,8 @@ class SubjectPaths:
         return self.checkpoints / f"{stage}.pt"
 
     @property
-    def train_log(self) -> Path:
-        return self.root / "train_log.csv"
+    def fine_log(self) -> Path:
+        return self.root / "model" / "train_log.csv"
 
     def render(self, audio_id: str) -> Path:
         return self.root / "renders" / f"{audio_id}.mp4"

@@ -61,6 +61,7 @@ from PIL import Image, ImageDraw
 
 from pipeline import cli
 from pipeline import landmarks as lmk
+from pipeline.split import train_test_split
 from pipeline.io import PipelineError, evenly_spaced, list_frames, load_json, load_rgb, save_image, save_json
 
 log = logging.getLogger("pipeline.tracking")
@@ -452,14 +453,6 @@ def _rotvec(r: np.ndarray) -> np.ndarray:
     axis = np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]])
     norm = np.linalg.norm(axis)
     return axis * (angle / norm) if norm > 1e-12 else np.zeros(3)
-
-
-def train_test_split(n: int) -> tuple[list[int], list[int]]:
-    """Contiguous split: test = the last max(1, floor(n / 11)) frames, train = the frames before them."""
-    if n < 2:
-        raise PipelineError(f"a video of {n} frame(s) cannot be split into train and test frames")
-    n_test = max(1, n // 11)
-    return list(range(n - n_test)), list(range(n - n_test, n))
 
 
 def euler_angles(rotations: np.ndarray) -> np.ndarray:

@@ -283,9 +283,9 @@ def qc_sheet(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     return np.concatenate(rows, axis=0)
 
 
-def write_log_csv(path: str | Path, rows: Sequence[dict[str, float]]) -> None:
+def write_log_csv(path: str | Path, rows: Sequence[dict[str, float]], columns: Sequence[str] = LOG_COLUMNS) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=LOG_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     with atomic_path(path) as tmp:

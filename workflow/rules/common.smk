@@ -107,6 +107,7 @@ def final_outputs(wildcards):
         outputs += [paths.landmarks, paths.cameras, paths.qc_image("tracking")]
         outputs += [paths.mouth_masks, paths.head, paths.torso, paths.blink, paths.qc_image("face_analysis")]
         outputs += [paths.coarse_ply, paths.coarse_pt, paths.qc_image("coarse")]
+        outputs += [paths.fine_pt, paths.qc_image("fine")]
     for drive in DRIVES:
         paths = SubjectPaths.of(config["results"], drive.subject)
         outputs.append(paths.drive_features(drive.audio_id, extractor))

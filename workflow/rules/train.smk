@@ -34,3 +34,45 @@ rule train_coarse:
         " --out-pt {output.pt:q} --log-csv {output.train_log:q} --qc {output.qc:q}"
         " --checkpoint {params.checkpoint:q} --device {params.device} --backend {params.backend}"
         " --threads {threads} > {log:q} 2>&1"
+
+
+rule train_fine:
+    input:
+        coarse=P.coarse_pt,
+        head=P.head,
+        background=P.background,
+        cameras=P.cameras,
+        masks=P.mouth_masks,
+        landmarks=P.landmarks,
+        blink=P.blink,
+        features=P.audio_features(config["audio"]["extractor"]),
+        stats=P.audio_stats(config["audio"]["extractor"]),
+        code=code("fine", "audioplane", "train", "dataset", "losses", "checkpoint", "split", "gaussians/*"),
+    output:
+        model=P.fine_pt,
+        train_log=P.fine_log,
+        qc=P.qc_image("fine"),
+    params:
+        settings=lambda wildcards: stage_settings_json(wildcards, "fine"),
+        checkpoint=lambda wildcards: SubjectPaths.of(config["results"], wildcards.subject).checkpoint("fine"),
+        extractor=config["audio"]["extractor"],
+        device=config["training"]["device"],
+        backend=config["training"]["backend"],
+    log:
+        P.log("train_fine"),
+    benchmark:
+        P.benchmark("train_fine")
+    threads: config["training"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=1440,
+        gpu=training_gpus,
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "$PY -m pipeline.fine --coarse {input.coarse:q} --head {input.head:q} --background {input.background:q}"
+        " --cameras {input.cameras:q} --masks {input.masks:q} --landmarks {input.landmarks:q} --blink {input.blink:q}"
+        " --features {input.features:q} --stats {input.stats:q} --extractor {params.extractor}"
+        " --settings {params.settings:q} --out {output.model:q} --log-csv {output.train_log:q} --qc {output.qc:q}"
+        " --checkpoint {params.checkpoint:q} --device {params.device} --backend {params.backend}"
+        " --threads {threads} > {log:q} 2>&1"

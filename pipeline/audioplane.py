@@ -1,0 +1,299 @@
+"""Audio-Plane (DESIGN.md section 3): audio-driven deformation of canonical head Gaussians.
+
+Per frame, the audio windows of the frame and its neighbours become one audio code ``a``
+(:class:`AudioEncoder` on each window, then :class:`TemporalAttention` over ±``temporal_radius`` frames).
+For every Gaussian centre x (normalised to [-1, 1] in the head box) the multi-resolution
+:class:`AudioPlane` gives a feature f(x, a): at each scale s, for the triples (X,Y,Z), (X,Z,Y), (Y,Z,X),
+``Interp(P_ij)(x_i, x_j) * L_k(x_k) * f_a`` with ``f_a = softmax(q(a) A^T / sqrt(D)) A`` a cross-attention
+read of the audio prototype grid A; the triples are fused (concat by default) and the scales concatenated.
+Decoders turn f into an offset ΔG (position, rotation, scale, and optionally colour and opacity) and a
+dynamism weight d in [0, 1]; the deformed Gaussians are G' = G + d * ΔG (:func:`deform`).
+
+:class:`TalkingHead` is a trained model as ``fine.pt`` stores it, ready to render any audio.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pipeline.gaussians import GaussianModel, rasterize
+from pipeline.io import PipelineError
+
+FUSIONS = ("concat", "add", "multiply")
+# plane (i, j) pairs with line k: (XY, Z), (XZ, Y), (YZ, X)
+_PLANE_AXES = ((0, 1), (0, 2), (1, 2))
+_LINE_AXIS = (2, 1, 0)
+
+
+@dataclass
+class AudioPlaneConfig:
+    """Network sizes (the paper's: s in {1,2,3,4}, H=64, D=16) and the ablation switches."""
+
+    audio_channels: int = 80  # C of the feature windows (set from the data)
+    window: int = 16  # feature steps per frame window
+    audio_dim: int = 64  # the audio code a
+    temporal_radius: int = 4  # attention over ±4 frames
+    resolution: int = 64  # H
+    scales: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
+    feature_dim: int = 16  # D
+    fusion: str = "concat"  # concat | add | multiply (of the three plane triples)
+    audio_plane: bool = True  # False: plain tri-plane feature concatenated with the audio code (ablation)
+    hidden: int = 64  # decoder width
+    deform_color: bool = True  # ΔG also shifts the base colour (a mouth interior can darken)
+    deform_opacity: bool = True  # ... and opacity (teeth and tongue can appear)
+    blink: bool = True  # the decoders see the frame's eye openness
+    position_scale: float = 0.01  # metres per unit of the position offset
+
+    def __post_init__(self) -> None:
+        if self.fusion not in FUSIONS:
+            raise PipelineError(f"fine settings: fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
+        if not self.scales or any(s < 1 for s in self.scales):
+            raise PipelineError(f"fine settings: scales must be positive integers, got {self.scales}")
+
+    @property
+    def delta_channels(self) -> int:
+        """ΔG layout: position 3, rotation 4 (wxyz, added to the quaternion), log-scale 3, [colour 3], [opacity 1]."""
+        return 10 + 3 * self.deform_color + self.deform_opacity
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AudioPlaneConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise PipelineError(f"fine settings: unknown model keys {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+class AudioEncoder(nn.Module):
+    """One frame's feature window [B, W, C] -> audio code [B, A] (strided 1-D convolutions over time, as
+    AD-NeRF's AudioNet)."""
+
+    def __init__(self, channels: int, dim: int):
+        super().__init__()
+        widths = (channels, 32, 32, 64, 64)
+        self.convs = nn.ModuleList(nn.Conv1d(a, b, 3, stride=2, padding=1) for a, b in zip(widths, widths[1:]))
+        self.head = nn.Sequential(nn.Linear(64, 64), nn.LeakyReLU(0.02), nn.Linear(64, dim))
+
+    def forward(self, windows: Tensor) -> Tensor:
+        x = windows.transpose(1, 2)  # [B, C, W]
+        for conv in self.convs:
+            x = F.leaky_relu(conv(x), 0.02)
+        return self.head(x.mean(dim=2))
+
+
+class TemporalAttention(nn.Module):
+    """Codes of 2r+1 consecutive frames [B, T, A] -> one smoothed code [B, A]: softmax weights over the
+    frames from a small 1-D conv net (AD-NeRF's AudioAttNet), for inter-frame consistency."""
+
+    def __init__(self, dim: int, frames: int):
+        super().__init__()
+        widths = (dim, 16, 8, 4, 2, 1)
+        self.convs = nn.ModuleList(nn.Conv1d(a, b, 3, padding=1) for a, b in zip(widths, widths[1:]))
+        self.mix = nn.Linear(frames, frames)
+
+    def forward(self, codes: Tensor) -> Tensor:
+        x = codes.transpose(1, 2)  # [B, A, T]
+        for conv in self.convs:
+            x = F.leaky_relu(conv(x), 0.02)
+        weights = torch.softmax(self.mix(x[:, 0]), dim=1)  # [B, T]
+        return torch.einsum("bt,bta->ba", weights, codes)
+
+
+class AudioPlane(nn.Module):
+    """f(x, a): Gaussian centres x [N, 3] in [-1, 1] and one audio code a [A] -> features [N, out_dim]."""
+
+    def __init__(self, config: AudioPlaneConfig):
+        super().__init__()
+        self.config = config
+        d = config.feature_dim
+        self.planes = nn.ParameterList()  # per scale [3, D, sH, sH]: XY, XZ, YZ
+        self.lines = nn.ParameterList()  # per scale [3, D, 1, sH]: the line of each triple, L_Z, L_Y, L_X
+        self.prototypes = nn.ParameterList()  # per scale [sH, D]: the audio prototype grid A
+        for s in config.scales:
+            r = s * config.resolution
+            self.planes.append(nn.Parameter(torch.empty(3, d, r, r).uniform_(0.1, 0.5)))
+            self.lines.append(nn.Parameter(torch.empty(3, d, 1, r).uniform_(0.1, 0.5)))
+            self.prototypes.append(nn.Parameter(torch.randn(r, d) * 0.5))
+        self.query = nn.Linear(config.audio_dim, d * len(config.scales)) if config.audio_plane else None
+
+    @property
+    def out_dim(self) -> int:
+        c = self.config
+        per_scale = c.feature_dim * (3 if c.fusion == "concat" else 1)
+        return per_scale * len(c.scales) + (0 if c.audio_plane else c.audio_dim)
+
+    def audio_features(self, code: Tensor) -> list[Tensor]:
+        """f_a per scale, each [D]: cross-attention of q(a) over the prototype grid (K = V = A)."""
+        d = self.config.feature_dim
+        queries = self.query(code).view(len(self.config.scales), d)
+        return [torch.softmax(grid @ q / math.sqrt(d), dim=0) @ grid for q, grid in zip(queries, self.prototypes)]
+
+    def forward(self, x: Tensor, code: Tensor) -> Tensor:
+        n = x.shape[0]
+        plane_xy = torch.stack([x[:, list(axes)] for axes in _PLANE_AXES])[:, None]  # [3, 1, N, 2]
+        line_xy = torch.stack([F.pad(x[:, k:k + 1], (0, 1)) for k in _LINE_AXIS])[:, None]  # [3, 1, N, 2] (x_k, 0)
+        audio = self.audio_features(code) if self.config.audio_plane else [None] * len(self.config.scales)
+        out = []
+        for planes, lines, f_a in zip(self.planes, self.lines, audio):
+            p = F.grid_sample(planes, plane_xy, align_corners=True, padding_mode="border")[:, :, 0]  # [3, D, N]
+            if f_a is not None:
+                line = F.grid_sample(lines, line_xy, align_corners=True, padding_mode="border")[:, :, 0]
+                p = p * line * f_a[None, :, None]
+            p = p.permute(0, 2, 1)  # [3, N, D]
+            if self.config.fusion == "concat":
+                out.append(p.permute(1, 0, 2).reshape(n, -1))
+            elif self.config.fusion == "add":
+                out.append(p.sum(dim=0))
+            else:
+                out.append(p.prod(dim=0))
+        if not self.config.audio_plane:
+            out.append(code.expand(n, -1))
+        return torch.cat(out, dim=1)
+
+
+class AudioPlaneDeformer(nn.Module):
+    """Audio windows -> per-frame codes, and (Gaussian centres, code, blink) -> (ΔG [N, K], d [N]).
+
+    ``box`` [2, 3] is the head box (metres) that maps centres to the planes' [-1, 1].
+    """
+
+    def __init__(self, config: AudioPlaneConfig, box: Tensor):
+        super().__init__()
+        self.config = config
+        self.register_buffer("box", torch.as_tensor(box, dtype=torch.float32).reshape(2, 3).clone())
+        self.encoder = AudioEncoder(config.audio_channels, config.audio_dim)
+        self.attention = TemporalAttention(config.audio_dim, 2 * config.temporal_radius + 1)
+        self.plane = AudioPlane(config)
+        width = self.plane.out_dim + config.blink
+        self.delta = nn.Sequential(nn.Linear(width, config.hidden), nn.ReLU(), nn.Linear(config.hidden, config.hidden),
+                                   nn.ReLU(), nn.Linear(config.hidden, config.delta_channels))
+        self.dynamism = nn.Sequential(nn.Linear(self.plane.out_dim, 32), nn.ReLU(), nn.Linear(32, 1))
+        nn.init.zeros_(self.delta[-1].weight)  # G' = G at the start: fine training begins at the coarse head
+        nn.init.zeros_(self.delta[-1].bias)
+
+    def neighbour_indices(self, frames: Tensor, count: int) -> Tensor:
+        """[B] frame indices -> [B, 2r+1] indices of their neighbours, clamped to [0, count)."""
+        r = self.config.temporal_radius
+        offsets = torch.arange(-r, r + 1, device=frames.device)
+        return (frames[:, None] + offsets).clamp(0, count - 1)
+
+    def codes(self, features: Tensor, frames: Tensor, chunk: int = 256) -> Tensor:
+        """Smoothed audio codes [B, A] of ``frames`` [B] of a clip's features [T, W, C]."""
+        out = []
+        for start in range(0, len(frames), chunk):
+            idx = self.neighbour_indices(frames[start:start + chunk], features.shape[0])  # [b, 2r+1]
+            raw = self.encoder(features[idx.reshape(-1)].float()).view(*idx.shape, -1)
+            out.append(self.attention(raw))
+        return torch.cat(out)
+
+    def forward(self, means: Tensor, code: Tensor, blink: float | Tensor | None = None) -> tuple[Tensor, Tensor]:
+        lo, hi = self.box[0], self.box[1]
+        x = (2 * (means - lo) / (hi - lo) - 1).clamp(-1, 1)
+        f = self.plane(x, code)
+        d = torch.sigmoid(self.dynamism(f))[:, 0]
+        if self.config.blink:
+            b = torch.as_tensor(1.0 if blink is None else blink, dtype=f.dtype, device=f.device)
+            f = torch.cat([f, b.expand(f.shape[0], 1)], dim=1)
+        return self.delta(f), d
+
+
+def deform(gaussians: GaussianModel, delta: Tensor, d: Tensor, config: AudioPlaneConfig) -> GaussianModel:
+    """G' = G + d * ΔG on the unconstrained parameters (positions in metres via ``position_scale``)."""
+    w = d[:, None]
+    sh = gaussians.sh
+    if config.deform_color:
+        dc = sh[:, :1] + (w * delta[:, 10:13])[:, None]
+        sh = torch.cat([dc, sh[:, 1:]], dim=1)
+    opacity = gaussians.opacity_logits
+    if config.deform_opacity:
+        opacity = opacity + d * delta[:, -1]
+    return GaussianModel(means=gaussians.means + w * delta[:, :3] * config.position_scale,
+                         quats=gaussians.quats + w * delta[:, 3:7], log_scales=gaussians.log_scales + w * delta[:, 7:10],
+                         opacity_logits=opacity, sh=sh)
+
+
+def render_deformed(gaussians: GaussianModel, viewmat: Tensor, K: Tensor, width: int, height: int,
+                    sh_degree: int, backend: str = "auto", background: Tensor | None = None):
+    """RasterResult of one camera (viewmat [4,4], K [3,3]) for already deformed Gaussians."""
+    g = gaussians.activated()
+    return rasterize(g.means, g.quats, g.scales, g.opacities, g.sh, viewmat[None], K[None], width, height,
+                     sh_degree=sh_degree, background=background, backend=backend)
+
+
+class TalkingHead:
+    """A trained fine model (``fine.pt``): canonical Gaussians and the deformer, ready to render; CPU or CUDA.
+
+    ``extractor``: the audio extractor it was trained with (features ``{extractor}.npy``);
+    ``audio_stats``: the normalisation those features carry (mean, std [C]).
+    """
+
+    def __init__(self, gaussians: GaussianModel, deformer: AudioPlaneDeformer, extractor: str,
+                 audio_stats: dict[str, np.ndarray], sh_degree: int):
+        self.gaussians = gaussians
+        self.deformer = deformer.eval()
+        self.extractor = extractor
+        self.audio_stats = audio_stats
+        self.sh_degree = sh_degree
+
+    @property
+    def device(self) -> torch.device:
+        return self.gaussians.means.device
+
+    def state(self) -> dict[str, Any]:
+        """The payload :meth:`load` reads (fine.pt's model part)."""
+        return {"gaussians": {k: t.detach().cpu() for k, t in self.gaussians.tensors().items()},
+                "deformer": {k: t.detach().cpu() for k, t in self.deformer.state_dict().items()},
+                "model_config": asdict(self.deformer.config), "extractor": self.extractor,
+                "audio_stats": self.audio_stats, "sh_degree": self.sh_degree}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: torch.device | str = "cpu") -> TalkingHead:
+        config = AudioPlaneConfig(**state["model_config"])
+        deformer = AudioPlaneDeformer(config, state["deformer"]["box"])
+        deformer.load_state_dict(state["deformer"])
+        gaussians = GaussianModel(**state["gaussians"]).map(lambda t: t.to(device))
+        return cls(gaussians, deformer.to(device), state["extractor"], state["audio_stats"], state["sh_degree"])
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> TalkingHead:
+        path = Path(path)
+        if not path.is_file():
+            raise PipelineError(f"{path}: fine model not found; run the train_fine stage first")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=False)
+            return cls.from_state(payload["head"], device)
+        except (KeyError, TypeError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+            raise PipelineError(f"{path}: not a fine.pt written by train_fine ({err!r}); rerun train_fine") from err
+
+    @torch.no_grad()
+    def audio_codes(self, features: Tensor | np.ndarray) -> Tensor:
+        """Normalised features [T, W, C] -> per-frame codes [T, A] (temporal attention applied)."""
+        features = torch.as_tensor(np.asarray(features), dtype=torch.float32, device=self.device)
+        want = (self.deformer.config.window, self.deformer.config.audio_channels)
+        if features.dim() != 3 or tuple(features.shape[1:]) != want:
+            raise PipelineError(f"audio features of shape {tuple(features.shape)} do not fit this model "
+                                f"([T, {want[0]}, {want[1]}], extractor {self.extractor})")
+        return self.deformer.codes(features, torch.arange(features.shape[0], device=self.device))
+
+    @torch.no_grad()
+    def deformed(self, code: Tensor, blink: float | None = None) -> tuple[GaussianModel, Tensor]:
+        """(G', the dynamism d [N]) for one frame's code."""
+        delta, d = self.deformer(self.gaussians.means, code, blink)
+        return deform(self.gaussians, delta, d, self.deformer.config), d
+
+    @torch.no_grad()
+    def render(self, code: Tensor, viewmat: Tensor, K: Tensor, width: int, height: int, blink: float | None = None,
+               backend: str = "auto") -> tuple[Tensor, Tensor]:
+        """One frame: (premultiplied head colour [H, W, 3] without background, alpha [H, W, 1])."""
+        result = render_deformed(self.deformed(code, blink)[0], viewmat.to(self.device).float(),
+                                 K.to(self.device).float(), width, height, self.sh_degree, backend)
+        return result.color[0].clamp(0, 1), result.alpha[0]

@@ -1,0 +1,488 @@
+"""Stage train_fine (DESIGN.md section 3): the Audio-Plane talking head, trained from the coarse Gaussians.
+
+Each iteration takes one training frame: its audio windows and those of ±r neighbours give the audio
+code, the deformer moves the canonical Gaussians (G' = G + d ΔG), and three renders are supervised:
+- the whole head at the training size over the background plate: L1 + λ·perceptual (D-SSIM or LPIPS);
+- dynamic splatting: the dynamism d rasterized as one channel with the geometry detached, against the
+  dilated mouth mask m: mean(max(0, |m - g| - margin)), weight ``lambda_mask``;
+- the mouth (and chin) box at ``mouth_resolution``, where a lip gap is several pixels wide even when the
+  training size makes it one: L1 + λ·perceptual, weight ``lambda_mouth``.
+The canonical Gaussians keep training at ``gaussian_lr_scale`` times the coarse rates, with 3DGS
+densification; ``mouth_seed`` extra faint Gaussians behind the lips give the mouth interior something to
+show when it opens.
+
+Honest split: training frames whose audio input (window and temporal attention) reaches into the test
+split are never trained on (:func:`pipeline.split.audio_safe_train_frames`).
+
+Artefacts: ``model/fine.pt`` (``head``: :meth:`TalkingHead.state`; ``config``; ``train_size``;
+``iterations``; ``test``: PSNR and mouth-mask PSNR of the test split), ``model/train_log.csv``,
+``qc/fine.png`` (test frames: target | render | 4x error | splatted d over the mouth mask).
+Resume: see :mod:`pipeline.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import pickle
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pipeline import cli
+from pipeline import landmarks as lmk
+from pipeline.audioplane import AudioPlaneConfig, AudioPlaneDeformer, TalkingHead, deform, render_deformed
+from pipeline.checkpoint import Checkpointer, StopFlag, fingerprint, save_torch
+from pipeline.dataset import Cameras, FrameStore, HeadViews, training_size
+from pipeline.gaussians import GaussianModel, gaussians_from_points, rasterize
+from pipeline.gaussians.densify import DensifyConfig, Densifier
+from pipeline.io import PipelineError, evenly_spaced, list_frames, save_image
+from pipeline.losses import dssim, l1, psnr
+from pipeline.split import audio_safe_train_frames
+from pipeline.train import LearningRates, make_optimizer, optimizer_step, pick_device, qc_sheet, write_log_csv
+
+log = logging.getLogger(__name__)
+
+LOG_COLUMNS = ("iteration", "loss", "l1", "perceptual", "mask", "mouth", "psnr", "gaussians", "seconds")
+
+
+@dataclass
+class FineConfig:
+    iterations: int = 100_000
+    resolution: int | None = None  # training image side; None = the frame resolution
+    mouth_resolution: int | None = None  # frame side at which the mouth box is supervised; None = frames'
+    mouth_box: float = 2.0  # mouth box side, times the widest mouth of the video
+    model: AudioPlaneConfig = field(default_factory=AudioPlaneConfig)
+    lambda_dssim: float = 0.2
+    lambda_mask: float = 0.1
+    mask_margin: float = 0.2
+    lambda_mouth: float = 1.0
+    dynamic_splatting: bool = True
+    mouth_seed: int = 300  # faint Gaussians behind the lips (0: none)
+    lr_grids: float = 5e-3  # planes, lines and prototype grids
+    lr_networks: float = 5e-4  # audio encoder, attention, decoders
+    lr_final_ratio: float = 0.1  # network rates decay exponentially to this fraction
+    gaussian_lr_scale: float = 0.1  # canonical Gaussians keep training at this fraction of the coarse rates
+    densify: DensifyConfig = field(default_factory=lambda: DensifyConfig(start=1000, stop=50_000, every=500,
+                                                                       reset_every=0))
+    checkpoint_every: int = 1000
+    log_every: int = 50
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FineConfig:
+        """From the config file's ``fine`` section (nested ``model`` and ``densify`` dicts)."""
+        data = dict(data)
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise PipelineError(f"fine settings: unknown keys {', '.join(sorted(unknown))}")
+        base = cls()
+        model = AudioPlaneConfig.from_dict(data.pop("model", {}))
+        densify = replace(base.densify, **data.pop("densify", {}))
+        return replace(base, **data, model=model, densify=densify)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------------------
+
+def mouth_boxes(landmarks: np.ndarray, scale: float, size_factor: float) -> np.ndarray:
+    """Square mouth-and-chin boxes [N, 3] (x0, y0, side) in pixels of an image ``scale`` times the
+    landmarks' frame size: one side for the whole video, ``size_factor`` x its widest mouth, centred a
+    little below each frame's mouth so the chin is inside."""
+    xy = landmarks[:, :, :2] * scale
+    lips = xy[:, list(lmk.LIPS_OUTER)]
+    width = float((lips[:, :, 0].max(axis=1) - lips[:, :, 0].min(axis=1)).max())
+    side = max(16, int(round(size_factor * width)))
+    centre = xy[:, list(lmk.MOUTH)].mean(axis=1) + np.array([0.0, 0.2 * side])
+    corner = np.round(centre - side / 2).astype(np.int64)
+    return np.concatenate([corner, np.full((len(corner), 1), side)], axis=1)
+
+
+class FineData:
+    """What fine training reads per frame: the head views, the mouth views and boxes, the mouth masks at
+    the training size, the audio features [N, W, C] (memory-mapped) and blink [N]."""
+
+    def __init__(self, views: HeadViews, mouth_views: HeadViews, masks_dir: str | Path, features: str | Path,
+                 blink: str | Path, landmarks: str | Path, config: FineConfig):
+        n = len(views)
+        self.views, self.mouth_views = views, mouth_views
+        mask_files = list_frames(masks_dir, ext="png")
+        if len(mask_files) != n:
+            raise PipelineError(f"{masks_dir}: {len(mask_files)} mouth masks for {n} frames")
+        cams = views.cameras
+        self.masks = FrameStore(mask_files, (cams.width, cams.height), (views.width, views.height), grey=True)
+        self.features = np.load(features, mmap_mode="r")
+        if self.features.ndim != 3 or len(self.features) != n:
+            raise PipelineError(f"{features}: audio features of shape {self.features.shape}, expected [{n}, W, C]")
+        self.blink = np.load(blink).astype(np.float32)
+        if self.blink.shape != (n,):
+            raise PipelineError(f"{blink}: blink of shape {self.blink.shape}, expected [{n}]")
+        marks = lmk.load_landmarks(Path(landmarks), n)
+        self.boxes = mouth_boxes(marks, mouth_views.width / cams.width, config.mouth_box)
+        self.boxes[:, :2] = np.clip(self.boxes[:, :2], 0, np.array([mouth_views.width, mouth_views.height])
+                                    - self.boxes[:, 2:3])
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    def feature_tensor(self) -> Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self.features)).to(self.views.device, torch.float32)
+
+    def mask(self, index: int) -> Tensor:
+        return torch.from_numpy(np.array(self.masks.pixels(index))).to(self.views.device, torch.float32) / 255
+
+    def mouth_crop(self, index: int) -> tuple[Tensor, Tensor, Tensor, int]:
+        """(target [s,s,3], plate [s,s,3], K [3,3] of the crop camera, s) of the frame's mouth box."""
+        x0, y0, s = (int(v) for v in self.boxes[index])
+        mv = self.mouth_views
+        target = mv.image(index)[y0:y0 + s, x0:x0 + s]
+        plate = mv.background[y0:y0 + s, x0:x0 + s]
+        K = mv.K.clone()
+        K[0, 2] -= x0
+        K[1, 2] -= y0
+        return target, plate, K, s
+
+
+def mouth_seed_gaussians(canonical: np.ndarray, count: int, sh_degree: int, generator: torch.Generator
+                         ) -> GaussianModel:
+    """``count`` faint, dark Gaussians in the canonical mouth, 2-12 mm behind the lips (z points back)."""
+    lips = torch.tensor(canonical[list(lmk.LIPS_OUTER)], dtype=torch.float32)
+    centre = lips.mean(dim=0)
+    # random points in the lip polygon (fan triangles from the centre), pushed back into the mouth
+    k = torch.randint(len(lips), (count,), generator=generator)
+    u, v = torch.rand(count, 1, generator=generator), torch.rand(count, 1, generator=generator)
+    flip = (u + v) > 1
+    u, v = torch.where(flip, 1 - u, u), torch.where(flip, 1 - v, v)
+    points = centre + u * (lips[k] - centre) + v * (lips[(k + 1) % len(lips)] - centre)
+    points[:, 2] += 0.002 + 0.010 * torch.rand(count, generator=generator)
+    colours = torch.tensor([0.35, 0.15, 0.15]).expand(count, 3)
+    return gaussians_from_points(points, colours, sh_degree=sh_degree, opacity=0.05, scale=0.0015)
+
+
+def concat_gaussians(a: GaussianModel, b: GaussianModel) -> GaussianModel:
+    return GaussianModel(**{k: torch.cat([a.tensors()[k], b.tensors()[k]]) for k in a.tensors()})
+
+
+def load_coarse(path: str | Path) -> dict[str, Any]:
+    try:
+        coarse = torch.load(path, map_location="cpu", weights_only=False)
+        GaussianModel(**coarse["model"])
+        return coarse
+    except FileNotFoundError as err:
+        raise PipelineError(f"{path}: coarse model not found; run train_coarse first") from err
+    except (KeyError, TypeError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        raise PipelineError(f"{path}: not a coarse.pt written by train_coarse ({err!r})") from err
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------------
+
+def network_optimizer(deformer: AudioPlaneDeformer, config: FineConfig) -> torch.optim.Adam:
+    grids = [p for name, p in deformer.named_parameters() if name.startswith(("plane.planes", "plane.lines",
+                                                                              "plane.prototypes"))]
+    ids = {id(p) for p in grids}
+    rest = [p for p in deformer.parameters() if id(p) not in ids]
+    return torch.optim.Adam([{"name": "grids", "params": grids, "lr": config.lr_grids, "base": config.lr_grids},
+                             {"name": "networks", "params": rest, "lr": config.lr_networks,
+                              "base": config.lr_networks}])
+
+
+def scaled_rates(lr: LearningRates, factor: float) -> LearningRates:
+    return LearningRates(**{f.name: getattr(lr, f.name) * factor for f in fields(lr)})
+
+
+@dataclass
+class FineStep:
+    """One frame's renders and losses (tensors in the autograd graph)."""
+
+    image: Tensor
+    target: Tensor
+    raster: Any
+    splat: Tensor | None
+    losses: dict[str, Tensor]
+
+
+def fine_step(gaussians: GaussianModel, deformer: AudioPlaneDeformer, data: FineData, features: Tensor, frame: int,
+              config: FineConfig, sh_degree: int, backend: str) -> FineStep:
+    """Deform for ``frame``'s audio and compute the fine loss (see the module docstring)."""
+    views = data.views
+    code = deformer.codes(features, torch.tensor([frame], device=features.device))[0]
+    delta, d = deformer(gaussians.means, code, float(data.blink[frame]))
+    moved = deform(gaussians, delta, d, config.model)
+    raster = render_deformed(moved, views.viewmat(frame), views.K, views.width, views.height, sh_degree, backend)
+    image = raster.color[0] + views.background * (1 - raster.alpha[0])
+    target = views.image(frame)
+    losses = {"l1": l1(image, target), "perceptual": dssim(image[None], target[None])}
+    loss = losses["l1"] + config.lambda_dssim * losses["perceptual"]
+    splat = None
+    if config.dynamic_splatting:
+        g = moved.activated()
+        splat = render_dynamism(g.means.detach(), g.quats.detach(), g.scales.detach(), g.opacities.detach(), d,
+                                views.viewmat(frame), views.K, views.width, views.height, backend)
+        losses["mask"] = (torch.abs(data.mask(frame) - splat) - config.mask_margin).clamp_min(0).mean()
+        loss = loss + config.lambda_mask * losses["mask"]
+    if config.lambda_mouth > 0:
+        crop, plate, K, side = data.mouth_crop(frame)
+        mouth = render_deformed(moved, data.mouth_views.viewmat(frame), K, side, side, sh_degree, backend)
+        mouth_image = mouth.color[0] + plate * (1 - mouth.alpha[0])
+        losses["mouth"] = l1(mouth_image, crop) + config.lambda_dssim * dssim(mouth_image[None], crop[None])
+        loss = loss + config.lambda_mouth * losses["mouth"]
+    losses["loss"] = loss
+    return FineStep(image=image, target=target, raster=raster, splat=splat, losses=losses)
+
+
+def render_dynamism(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, d: Tensor, viewmat: Tensor,
+                    K: Tensor, width: int, height: int, backend: str) -> Tensor:
+    """Dynamic splatting: d [N] composited like colour into g [H, W] (no background)."""
+    out = rasterize(means, quats, scales, opacities, d[:, None], viewmat[None], K[None], width, height,
+                    backend=backend)
+    return out.color[0, ..., 0]
+
+
+@dataclass
+class FineResult:
+    gaussians: GaussianModel
+    deformer: AudioPlaneDeformer
+    log_rows: list[dict[str, float]]
+    resumed_from: int
+
+
+def train_fine(data: FineData, coarse: dict[str, Any], config: FineConfig, checkpointer: Checkpointer | None = None,
+               stop: StopFlag | None = None, backend: str = "auto", stop_after: int | None = None) -> FineResult:
+    """Train the deformer and keep training the canonical Gaussians (see the module docstring).
+
+    Checkpoints, SIGTERM and ``stop_after`` behave as in :func:`pipeline.train.train_coarse`.
+    """
+    views, device = data.views, data.views.device
+    reach = config.model.temporal_radius + config.model.window // 4
+    frames = audio_safe_train_frames(views.cameras.train, views.cameras.test, reach)
+    if not frames:
+        raise PipelineError("no training frame is far enough from the test split for its audio context; "
+                            "the video is too short")
+    config = replace(config, model=replace(config.model, audio_channels=int(data.features.shape[2]),
+                                           window=int(data.features.shape[1])))
+    generator = torch.Generator().manual_seed(config.seed)
+    sh_degree = int(coarse["config"]["sh_degree"])
+    scene_scale = float(coarse["scene_scale"])
+    box = torch.tensor(coarse["head_box"], dtype=torch.float32)
+    torch.manual_seed(config.seed)
+    deformer = AudioPlaneDeformer(config.model, box).to(device)
+    densifier = Densifier(config.densify, scene_scale)
+    saved = checkpointer.load(device) if checkpointer is not None else None
+    if saved is None:
+        gaussians = GaussianModel(**coarse["model"])
+        if config.mouth_seed:
+            seed = mouth_seed_gaussians(views.cameras.canonical_landmarks, config.mouth_seed, gaussians.sh_degree,
+                                        generator)
+            gaussians = concat_gaussians(gaussians, seed)
+        gaussians = gaussians.map(lambda t: t.to(device))
+        start, rows, elapsed = 0, [], 0.0
+    else:
+        gaussians = GaussianModel(**saved["gaussians"])
+        deformer.load_state_dict(saved["deformer"])
+        start, rows, elapsed = saved["iteration"], saved["log"], saved["seconds"]
+        log.info("resuming fine training from iteration %d (%d Gaussians)", start, len(gaussians))
+    gaussians = gaussians.map(lambda t: t.detach().clone()).requires_grad_()
+    rates = scaled_rates(coarse_rates(coarse), config.gaussian_lr_scale)
+    g_optimizer = make_optimizer(gaussians, rates, scene_scale)
+    n_optimizer = network_optimizer(deformer, config)
+    if saved is not None:
+        g_optimizer.load_state_dict(saved["g_optimizer"])
+        n_optimizer.load_state_dict(saved["n_optimizer"])
+        densifier.load_state_dict(saved["densify"])
+        generator.set_state(saved["generator"])
+
+    def save(iteration: int) -> None:
+        if checkpointer is not None:
+            checkpointer.save({"iteration": iteration, "gaussians": {k: t.detach() for k, t in gaussians.tensors().items()},
+                               "deformer": deformer.state_dict(), "g_optimizer": g_optimizer.state_dict(),
+                               "n_optimizer": n_optimizer.state_dict(), "densify": densifier.state_dict(),
+                               "generator": generator.get_state(), "log": rows,
+                               "seconds": elapsed + time.perf_counter() - t0})
+
+    features = data.feature_tensor()
+    pool = torch.tensor(frames)
+    t0 = time.perf_counter()
+    bar = cli.progress(range(start + 1, config.iterations + 1), total=config.iterations, desc="fine")
+    bar.update(start)
+    for it in bar:
+        decay = config.lr_final_ratio ** (it / config.iterations)
+        for group in n_optimizer.param_groups:
+            group["lr"] = group["base"] * decay
+        g_optimizer.param_groups[0]["lr"] = rates.means * scene_scale * decay
+        frame = int(pool[torch.randint(len(pool), (1,), generator=generator)])
+        step = fine_step(gaussians, deformer, data, features, frame, config, sh_degree, backend)
+        step.raster.means2d.retain_grad()
+        step.losses["loss"].backward()
+        if it <= config.densify.stop:
+            densifier.accumulate(step.raster, views.width, views.height)
+        optimizer_step(g_optimizer, gaussians, rates)
+        n_optimizer.step()
+        g_optimizer.zero_grad(set_to_none=True)
+        n_optimizer.zero_grad(set_to_none=True)
+        gaussians, _ = densifier.step(it, gaussians, g_optimizer, generator)
+
+        if it % config.log_every == 0 or it == config.iterations:
+            row = {"iteration": it, **{k: round(float(step.losses.get(k, torch.tensor(0.0))), 6)
+                                       for k in ("loss", "l1", "perceptual", "mask", "mouth")},
+                   "psnr": round(float(psnr(step.image.detach(), step.target)), 4), "gaussians": len(gaussians),
+                   "seconds": round(elapsed + time.perf_counter() - t0, 2)}
+            rows.append(row)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", psnr=f"{row['psnr']:.1f}", n=len(gaussians), refresh=False)
+        if stop:
+            save(it)
+            raise PipelineError(f"stopped by signal {stop.signal} at iteration {it}; checkpoint saved to "
+                                f"{checkpointer.path if checkpointer else '(none)'}, rerun to resume")
+        if it % config.checkpoint_every == 0 or it == stop_after:
+            save(it)
+        if it == stop_after:
+            break
+    return FineResult(gaussians=gaussians.map(lambda t: t.detach()), deformer=deformer.eval(), log_rows=rows,
+                      resumed_from=start)
+
+
+def coarse_rates(coarse: dict[str, Any]) -> LearningRates:
+    """The coarse run's learning rates (its saved config), the base of the fine stage's Gaussian rates."""
+    return LearningRates(**coarse["config"]["lr"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Evaluation, artefacts and CLI
+# ---------------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def evaluate_fine(head: TalkingHead, data: FineData, frames: Sequence[int], backend: str = "auto",
+                  features: Tensor | None = None) -> dict[str, Any]:
+    """Test PSNR and mouth-mask PSNR (dB, training size) over ``frames``, with renders for the QC sheet.
+
+    ``features`` [N, W, C] replaces the clip's own (e.g. shuffled audio)."""
+    views = data.views
+    features = data.feature_tensor() if features is None else features
+    codes = head.deformer.codes(features, torch.tensor(list(frames)))
+    scores, mouth_scores, tiles = [], [], []
+    for code, frame in zip(codes, frames):
+        rgb, alpha = head.render(code, views.viewmat(frame), views.K, views.width, views.height,
+                                 float(data.blink[frame]), backend)
+        image = (rgb + views.background * (1 - alpha)).clamp(0, 1)
+        target, mask = views.image(frame), data.mask(frame) > 0.5
+        scores.append(float(psnr(image, target)))
+        if mask.any():
+            mse = (image[mask] - target[mask]).square().mean().clamp_min(1e-12)
+            mouth_scores.append(float(-10 * torch.log10(mse)))
+        moved, d = head.deformed(code, float(data.blink[frame]))
+        moved = moved.activated()
+        splat = render_dynamism(moved.means, moved.quats, moved.scales, moved.opacities, d, views.viewmat(frame),
+                                views.K, views.width, views.height, backend)
+        tiles.append((views.pixels(frame), _uint8(image), _dynamism_tile(splat, data.mask(frame))))
+    return {"psnr": float(np.mean(scores)), "mouth_psnr": float(np.mean(mouth_scores)) if mouth_scores else None,
+            "tiles": tiles}
+
+
+def _uint8(image: Tensor) -> np.ndarray:
+    return (image.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+
+
+def _dynamism_tile(splat: Tensor, mask: Tensor) -> np.ndarray:
+    """Splatted d in red and green, the mouth mask in blue: where they agree the tile is magenta-white."""
+    return _uint8(torch.stack([splat, splat, mask], dim=-1))
+
+
+def qc_fine(tiles: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+    rows = [np.concatenate([qc_sheet([(target, render)]), dyn], axis=1) for target, render, dyn in tiles]
+    return np.concatenate(rows, axis=0)
+
+
+def save_fine(path: str | Path, head: TalkingHead, config: FineConfig, views: HeadViews, test: dict[str, Any]) -> None:
+    """fine.pt: what rendering needs (see the module docstring)."""
+    save_torch(path, {"head": head.state(), "config": asdict(config), "train_size": [views.width, views.height],
+                      "iterations": config.iterations, "test": {k: v for k, v in test.items() if k != "tiles"}})
+
+
+def read_stats(path: str | Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {"mean": data["mean"].astype(np.float32), "std": data["std"].astype(np.float32),
+                "config": str(data["config"])}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipeline.fine", description=__doc__.split("\n")[0])
+    p.add_argument("--coarse", type=Path, required=True, help="gaussians/coarse.pt of train_coarse")
+    p.add_argument("--head", type=Path, required=True, help="head/ frames of split_head_torso")
+    p.add_argument("--background", type=Path, required=True, help="background.png plate")
+    p.add_argument("--cameras", type=Path, required=True, help="cameras.json of track_head_pose")
+    p.add_argument("--masks", type=Path, required=True, help="mouth_masks/ of dilate_mouth_masks")
+    p.add_argument("--landmarks", type=Path, required=True, help="landmarks.npy (mouth boxes)")
+    p.add_argument("--blink", type=Path, required=True, help="blink.npy of split_head_torso")
+    p.add_argument("--features", type=Path, required=True, help="audio_features/{extractor}.npy")
+    p.add_argument("--stats", type=Path, required=True, help="audio_features/{extractor}_stats.npz")
+    p.add_argument("--extractor", required=True, help="the audio extractor of --features")
+    p.add_argument("--settings", default="{}", help="JSON of the config's `fine` section")
+    p.add_argument("--out", type=Path, required=True, help="model/fine.pt to write")
+    p.add_argument("--log-csv", type=Path, required=True)
+    p.add_argument("--qc", type=Path, default=None, help="QC picture of test frames to write (PNG)")
+    p.add_argument("--checkpoint", type=Path, default=None, help="resume file (kept until success)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda[:k]")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "gsplat"))
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    return p
+
+
+def load_data(args: argparse.Namespace, config: FineConfig, device: torch.device) -> FineData:
+    cameras = Cameras.load(args.cameras)
+    views = HeadViews(args.head, cameras, args.background, config.resolution, device)
+    mouth_size = training_size(cameras.width, cameras.height, config.mouth_resolution)
+    mouth_views = HeadViews(args.head, cameras, args.background, max(mouth_size), device)
+    return FineData(views, mouth_views, args.masks, args.features, args.blink, args.landmarks, config)
+
+
+def _run(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    try:
+        settings = json.loads(args.settings)
+    except json.JSONDecodeError as err:
+        raise PipelineError(f"--settings: not valid JSON ({err})") from err
+    config = FineConfig.from_dict(settings)
+    device = pick_device(args.device)
+    coarse = load_coarse(args.coarse)
+    data = load_data(args, config, device)
+    views = data.views
+    log.info("fine: %d frames at %dx%d (mouth box %d px at %d²) on %s, %d iterations", len(views.cameras.train),
+             views.width, views.height, int(data.boxes[0, 2]), data.mouth_views.width, device, config.iterations)
+    checkpointer = None
+    if args.checkpoint is not None:
+        key = fingerprint(asdict(config), files=[args.coarse, args.cameras, args.features, args.blink,
+                                                 args.landmarks, args.background],
+                          directories=[args.head, args.masks])
+        checkpointer = Checkpointer(args.checkpoint, key)
+    with StopFlag().installed() as stop:
+        result = train_fine(data, coarse, config, checkpointer, stop, backend=args.backend)
+    stats = read_stats(args.stats)
+    head = TalkingHead(result.gaussians, result.deformer, args.extractor, stats, int(coarse["config"]["sh_degree"]))
+    test_frames = [views.cameras.test[i] for i in evenly_spaced(len(views.cameras.test), 16)]
+    test = evaluate_fine(head, data, test_frames, args.backend)
+    log.info("fine: %d Gaussians, test PSNR %.2f dB, mouth-mask PSNR %.2f dB", len(result.gaussians), test["psnr"],
+             test["mouth_psnr"] if test["mouth_psnr"] is not None else math.nan)
+    save_fine(args.out, head, config, views, test)
+    write_log_csv(args.log_csv, result.log_rows, LOG_COLUMNS)
+    if args.qc is not None:
+        save_image(args.qc, qc_fine(test["tiles"][:: max(1, len(test["tiles"]) // 3)][:3]))
+    if checkpointer is not None:
+        checkpointer.clear()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli.run(_parser, _run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
