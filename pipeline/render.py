@@ -329,7 +329,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m pipeline.render", description=__doc__.split("\n")[0],
         epilog="example: python -m pipeline.render --subject alice --audio speech.wav --out speech.mp4")
-    p.add_argument("--subject", required=True, help="trained subject (its artefacts under RESULTS/SUBJECT)")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--subject", help="trained subject (its artefacts under RESULTS/SUBJECT)")
+    who.add_argument("--subject-dir", type=Path, help="the subject's artefact directory (instead of --subject)")
     p.add_argument("--results", type=Path, default=Path("results"), help="results directory (default: results)")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--audio", type=Path, help="driving audio or video file (anything ffmpeg reads)")
@@ -358,7 +360,7 @@ def _run(args: argparse.Namespace) -> None:
         config = RenderConfig.from_dict(json.loads(args.settings))
     except (json.JSONDecodeError, TypeError) as err:
         raise PipelineError(f"--settings: not valid render settings ({err})") from err
-    paths = SubjectPaths.of(args.results, args.subject)
+    paths = SubjectPaths(args.subject_dir) if args.subject_dir else SubjectPaths.of(args.results, args.subject)
     samples = None
     if args.audio is not None and args.features is None:  # a user's file: refuse bad audio before anything else
         samples = read_driving_audio(args.audio, AudioFeatureConfig())

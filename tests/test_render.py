@@ -142,3 +142,27 @@ def test_user_command_names_a_missing_subject_or_model(subject, tmp_path, capsys
 def test_unknown_render_setting_is_an_error():
     with pytest.raises(Exception, match="unknown keys pastback"):
         RenderConfig.from_dict({"pastback": True})
+
+
+def test_schema_defaults_equal_the_dataclass_defaults(repo):
+    import dataclasses
+
+    import yaml
+
+    schema = yaml.safe_load((repo / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    props = schema["properties"]["render"]["properties"]
+    defaults = dataclasses.asdict(RenderConfig())
+    assert {k: v["default"] for k, v in props.items()} == defaults
+
+
+def test_drive_on_the_command_line_renders_for_every_subject(tmp_path):
+    from pipeline import config as pipeline_config
+
+    (tmp_path / "s.tsv").write_text("subject\tvideo\na\ta.mp4\nb\tb.mp4\n")
+    s = pipeline_config.load({"subjects": str(tmp_path / "s.tsv"), "drives": str(tmp_path / "none.tsv"),
+                              "drive": "talks/My speech.m4a"})
+    assert [(d.subject, d.audio_id, d.audio) for d in s.drives] == [("a", "My_speech", "talks/My speech.m4a"),
+                                                                    ("b", "My_speech", "talks/My speech.m4a")]
+    with pytest.raises(Exception, match="reserved"):
+        pipeline_config.load({"subjects": str(tmp_path / "s.tsv"), "drives": str(tmp_path / "none.tsv"),
+                              "drive": "test.wav"})
