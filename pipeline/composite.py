@@ -48,9 +48,9 @@ class Composite:
 
 
 def _last_true_row(mask: Tensor) -> Tensor:
-    """int64 [W]: the lowest row where bool [H,W] ``mask`` holds (meaningless where a column has none)."""
-    h = mask.shape[0]
-    return (h - 1) - torch.argmax(mask.flip(0).to(torch.uint8), dim=0)
+    """int64 [W]: the lowest row where bool [H,W] ``mask`` holds (-1 where a column has none)."""
+    rows = torch.arange(1, mask.shape[0] + 1, device=mask.device, dtype=torch.int32)[:, None]
+    return (mask * rows).amax(dim=0).long() - 1
 
 
 def neck_bridge(head_alpha: Tensor, torso_alpha: Tensor, torso_rgb: Tensor,
@@ -100,7 +100,7 @@ def composite(head_rgb: Tensor, head_alpha: Tensor, torso_rgba: Tensor, plate: T
     torso_rgb, torso_alpha = torso[..., :3], torso[..., 3]
     bridge, colour = neck_bridge(alpha, torso_alpha, torso_rgb, config)
     lower = torch.lerp(plate, torso_rgb, torso_alpha[..., None])
-    lower = torch.lerp(lower, colour[None].expand_as(lower), bridge[..., None])
+    lower = torch.where(bridge[..., None] > 0, colour[None], lower)
     out = head_rgb + (1 - alpha)[..., None] * lower
     plate_weight = (1 - alpha) * (1 - torso_alpha) * (1 - bridge)
     image = (out.clamp(0, 1) * 255 + 0.5).to(torch.uint8)

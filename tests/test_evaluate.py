@@ -67,8 +67,10 @@ def reference_metrics(real_frames, render_frames, real_lm):
     mouth = sorted(set(LIPS_OUTER) | set(LIPS_INNER))
     a, b = real_mesh[:, mouth, :2], render_lm[:, mouth, :2]
     a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
-    gap = lambda lm: np.mean([np.linalg.norm(lm[:, LIPS_INNER[i], :2] - lm[:, LIPS_INNER[20 - i], :2], axis=1)  # noqa: E731
-                              for i in (4, 5, 6)], axis=0)
+    def gap(lm):
+        return np.mean([np.linalg.norm(lm[:, LIPS_INNER[i], :2] - lm[:, LIPS_INNER[20 - i], :2], axis=1)
+                        for i in (4, 5, 6)], axis=0)
+
     return {"psnr": np.mean(psnrs), "ssim": np.mean(ssims), "psnr_head": np.mean(psnr_head),
             "ssim_head": np.mean(ssim_head), "lmd": np.linalg.norm(a - b, axis=-1).mean(),
             "aperture_correlation": np.corrcoef(gap(real_mesh), gap(render_lm))[0, 1]}

@@ -108,7 +108,7 @@ def test_paste_back_places_the_crop_in_the_full_frame(subject, tmp_path, make_cl
 
 
 @pytest.mark.parametrize("kind", ["no_audio", "silent", "too_short"])
-def test_user_command_refuses_bad_audio_and_keeps_the_old_output(kind, subject, tmp_path, make_clip):
+def test_user_command_refuses_bad_audio_and_keeps_the_old_output(kind, subject, tmp_path, make_clip, capsys):
     if kind == "no_audio":
         bad = make_clip("silent_film.mp4", audio=False, duration=1.0)
         message = "has no audio stream"
@@ -124,7 +124,8 @@ def test_user_command_refuses_bad_audio_and_keeps_the_old_output(kind, subject, 
     out.write_bytes(b"an earlier render")
     code = render.main(["--subject", subject.root.name, "--results", str(subject.root.parent), "--audio", str(bad),
                         "--out", str(out)])
-    assert code == 1
+    err = capsys.readouterr().err
+    assert code == 1 and message in err and str(bad) in err
     assert out.read_bytes() == b"an earlier render"
     assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(".")) == []
 
