@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import csv
 import functools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,14 @@ def stage_settings(config: dict, preset: str, section: str) -> dict:
     return validate({section: merged}, "config", f"config presets.{preset}.{section}")[section]
 
 
+def drive_id(audio: str) -> str:
+    """The audio id of a driving file given on the command line (``--config drive=...``): its file stem."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(audio).stem).lstrip("_.-") or "drive"
+    if stem in RESERVED_AUDIO_IDS:
+        raise PipelineError(f"config drive={audio}: its name {stem!r} is reserved (renders/{stem}.mp4); rename it")
+    return stem
+
+
 def load(config: dict) -> Settings:
     """Validate ``config`` (Snakemake's dict) and read the sheets it names."""
     config = validate(config, "config", "config")
@@ -161,4 +170,6 @@ def load(config: dict) -> Settings:
             raise PipelineError(f"{drive_path} line {i}: subject {row['subject']!r} is not in "
                                 f"{config['subjects']} (known: {', '.join(sorted(subjects))})")
         drives.append(Drive(**row))
+    if config["drive"] is not None:
+        drives += [Drive(name, drive_id(config["drive"]), config["drive"]) for name in subjects]
     return Settings(config=config, subjects=subjects, drives=drives)

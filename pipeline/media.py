@@ -352,3 +352,79 @@ def encode_video(
         err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
         if proc.wait() != 0:
             raise PipelineError(f"{path}: ffmpeg failed to encode: {err.strip()[-300:]}")
+
+
+class VideoWriter:
+    """Stream RGB uint8 frames [H,W,3] into a browser-playable MP4, atomically; memory flat in length.
+
+    H.264, yuv420p (odd sizes padded to even), ``fps`` constant, ``+faststart`` (the index first, so a
+    browser plays while downloading), and the first audio stream of ``audio`` (any media file) muxed as AAC.
+    The audio is not cut: a video of ceil(duration * fps) frames ends less than one frame after it.
+    Use as a context manager; ``path`` appears only when the block and ffmpeg both succeed.
+    """
+
+    def __init__(self, path: str | Path, width: int, height: int, fps: float = 25.0,
+                 audio: str | Path | None = None, crf: int = 18, preset: str = "veryfast"):
+        self.path, self.width, self.height = Path(path), width, height
+        self.fps, self.audio, self.crf, self.preset = fps, audio, crf, preset
+        self.frames = 0
+
+    def __enter__(self) -> "VideoWriter":
+        import contextlib
+        import tempfile
+
+        from pipeline.io import atomic_path
+
+        self._stack = contextlib.ExitStack()
+        tmp = self._stack.enter_context(atomic_path(self.path))
+        # ffmpeg's messages go to a file: a pipe nobody reads while frames stream could fill and block it
+        self._log = self._stack.enter_context(tempfile.TemporaryFile())
+        cmd = [ffmpeg_binary(), "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
+               "-s", f"{self.width}x{self.height}", "-r", str(self.fps), "-i", "-"]
+        if self.audio is not None:
+            cmd += ["-i", str(self.audio), "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac", "-b:a", "128k"]
+        cmd += ["-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf), "-pix_fmt", "yuv420p",
+                "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-movflags", "+faststart", "-f", "mp4", str(tmp)]
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=self._log)
+        return self
+
+    def write(self, frame: np.ndarray) -> None:
+        if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
+            raise ValueError(f"{self.path}: frames must be uint8 [{self.height}, {self.width}, 3], got "
+                             f"{frame.dtype} {list(frame.shape)}")
+        assert self._proc.stdin is not None
+        try:
+            self._proc.stdin.write(np.ascontiguousarray(frame).data)
+        except BrokenPipeError:
+            self._fail()
+        self.frames += 1
+
+    def _fail(self) -> None:
+        self._proc.wait()
+        self._log.seek(0)
+        tail = self._log.read().decode(errors="replace").strip().splitlines()[-3:]
+        raise PipelineError(f"{self.path}: ffmpeg failed to encode: {' | '.join(tail)}")
+
+    def _finish(self) -> None:
+        assert self._proc.stdin is not None
+        try:
+            self._proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        if self._proc.wait() != 0:
+            self._fail()
+        if self.frames == 0:
+            raise PipelineError(f"{self.path}: no frames to encode")
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:  # the block failed: stop ffmpeg, drop the temporary, let the error through
+            self._proc.kill()
+            self._proc.wait()
+            self._stack.__exit__(exc_type, exc, tb)
+            return
+        try:
+            self._finish()
+        except BaseException as err:
+            self._stack.__exit__(type(err), err, err.__traceback__)
+            raise
+        self._stack.__exit__(None, None, None)

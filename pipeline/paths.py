@@ -137,6 +137,20 @@ class SubjectPaths:
     def side_by_side(self) -> Path:
         return self.root / "eval" / "side_by_side.mp4"
 
+    # Snakemake report pages (rule report_pages)
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    def report_figure(self, name: str) -> Path:
+        """Plotted curves for the report: ``losses``, ``poses``."""
+        return self.report_dir / f"{name}.png"
+
+    @property
+    def report_renders(self) -> Path:
+        """HTML page with the metrics table and every render playing inline (self-contained)."""
+        return self.report_dir / "renders.html"
+
     @property
     def logs(self) -> Path:
         return self.root / "logs"

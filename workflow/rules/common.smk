@@ -97,6 +97,34 @@ def training_gpus(wildcards):
     return 1 if SUBJECTS[wildcards.subject].preset == "default" else 0
 
 
+# Driving audio of one subject, for render.smk's evaluate and report_pages rules.
+def subject_drives(wildcards):
+    return [drive for drive in DRIVES if drive.subject == wildcards.subject]
+
+
+def drive_renders(wildcards):
+    return [str(P.render(drive.audio_id)).format(subject=wildcards.subject) for drive in subject_drives(wildcards)]
+
+
+def drive_audios(wildcards):
+    return [drive.audio for drive in subject_drives(wildcards)]
+
+
+def evaluate_drive_args(wildcards):
+    return " ".join(
+        f"--drive {drive.audio_id} {shlex.quote(str(P.render(drive.audio_id)).format(subject=wildcards.subject))}"
+        f" {shlex.quote(drive.audio)}"
+        for drive in subject_drives(wildcards)
+    )
+
+
+def report_video_args(wildcards):
+    videos = [("test split", P.render("test")), ("real | render | error", P.side_by_side)]
+    videos += [(drive.audio_id, P.render(drive.audio_id)) for drive in subject_drives(wildcards)]
+    return " ".join(f"--video {shlex.quote(name)} {shlex.quote(str(path).format(subject=wildcards.subject))}"
+                    for name, path in videos)
+
+
 def final_outputs(wildcards):
     """Every artefact the built stages produce, for every subject and driving audio."""
     extractor = config["audio"]["extractor"]

@@ -91,7 +91,8 @@ rule split_head_torso:
         head=directory(P.head),
         torso=directory(P.torso),
         blink=P.blink,
-        qc=P.qc_image("face_analysis"),
+        qc=report(P.qc_image("face_analysis"), caption="../report/qc_face_analysis.rst", category="Quality control",
+                   subcategory="{subject}"),
     params:
         feather=config["background"]["feather"],
     log:

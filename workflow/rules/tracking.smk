@@ -40,7 +40,8 @@ rule track_head_pose:
         code=code("tracking"),
     output:
         cameras=P.cameras,
-        qc=P.qc_image("tracking"),
+        qc=report(P.qc_image("tracking"), caption="../report/qc_tracking.rst", category="Quality control",
+                   subcategory="{subject}"),
     params:
         smoothing=config["tracking"]["smoothing"],
         iterations=config["tracking"]["iterations"],

@@ -11,7 +11,8 @@ rule train_coarse:
         ply=P.coarse_ply,
         pt=P.coarse_pt,
         train_log=P.coarse_log,
-        qc=P.qc_image("coarse"),
+        qc=report(P.qc_image("coarse"), caption="../report/qc_coarse.rst", category="Quality control",
+                   subcategory="{subject}"),
     params:
         settings=lambda wildcards: stage_settings_json(wildcards, "coarse"),
         checkpoint=lambda wildcards: SubjectPaths.of(config["results"], wildcards.subject).checkpoint("coarse"),
