@@ -14,6 +14,7 @@ include: "workflow/rules/audio.smk"
 include: "workflow/rules/tracking.smk"
 include: "workflow/rules/face.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/render.smk"
 
 
 rule all:

@@ -94,16 +94,16 @@ class FineConfig:
 # Data
 # ---------------------------------------------------------------------------------------------------------
 
-def mouth_boxes(landmarks: np.ndarray, scale: float, size_factor: float) -> np.ndarray:
-    """Square mouth-and-chin boxes [N, 3] (x0, y0, side) in pixels of an image ``scale`` times the
-    landmarks' frame size: one side for the whole video, ``size_factor`` x its widest mouth, centred a
-    little below each frame's mouth so the chin is inside."""
+def mouth_boxes(landmarks: np.ndarray, size: tuple[int, int], scale: float, size_factor: float) -> np.ndarray:
+    """Square mouth-and-chin boxes [N, 3] (x0, y0, side) inside an image of ``size`` (W, H) that is ``scale``
+    times the landmarks' frame size: one side for the whole video, ``size_factor`` x its widest mouth,
+    centred a little below each frame's mouth so the chin is inside."""
     xy = landmarks[:, :, :2] * scale
     lips = xy[:, list(lmk.LIPS_OUTER)]
     width = float((lips[:, :, 0].max(axis=1) - lips[:, :, 0].min(axis=1)).max())
-    side = max(16, int(round(size_factor * width)))
+    side = min(max(16, int(round(size_factor * width))), *size)
     centre = xy[:, list(lmk.MOUTH)].mean(axis=1) + np.array([0.0, 0.2 * side])
-    corner = np.round(centre - side / 2).astype(np.int64)
+    corner = np.clip(np.round(centre - side / 2), 0, np.array(size) - side).astype(np.int64)
     return np.concatenate([corner, np.full((len(corner), 1), side)], axis=1)
 
 
@@ -127,15 +127,14 @@ class FineData:
         if self.blink.shape != (n,):
             raise PipelineError(f"{blink}: blink of shape {self.blink.shape}, expected [{n}]")
         marks = lmk.load_landmarks(Path(landmarks), n)
-        self.boxes = mouth_boxes(marks, mouth_views.width / cams.width, config.mouth_box)
-        self.boxes[:, :2] = np.clip(self.boxes[:, :2], 0, np.array([mouth_views.width, mouth_views.height])
-                                    - self.boxes[:, 2:3])
+        self.boxes = mouth_boxes(marks, (mouth_views.width, mouth_views.height), mouth_views.width / cams.width,
+                                 config.mouth_box)
 
     def __len__(self) -> int:
         return len(self.views)
 
     def feature_tensor(self) -> Tensor:
-        return torch.from_numpy(np.ascontiguousarray(self.features)).to(self.views.device, torch.float32)
+        return torch.from_numpy(np.array(self.features, dtype=np.float32)).to(self.views.device)
 
     def mask(self, index: int) -> Tensor:
         return torch.from_numpy(np.array(self.masks.pixels(index))).to(self.views.device, torch.float32) / 255

@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from tests.conftest import ffmpeg
-from tests.workflow_helpers import SNAKEMAKE, TINY_COARSE, copy_workflow, make_workdir, planned_jobs, snakemake
+from tests.workflow_helpers import SNAKEMAKE, TINY_COARSE, TINY_FINE, copy_workflow, make_workdir, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -95,19 +95,23 @@ def test_killed_job_leaves_no_complete_looking_artefact(demo_short, tmp_path):
     assert not list((work / "results" / "k").glob(".frames.*"))
 
 
-def test_killed_training_job_resumes_from_its_checkpoint(finished, tmp_path):
-    """Kill Snakemake and its train_coarse job (SIGKILL, as an OOM killer or a lost node would) after a
+@pytest.mark.parametrize("stage, settings, artefact, log_csv", [
+    ("coarse", TINY_COARSE, "gaussians/coarse.ply", "gaussians/train_log.csv"),
+    ("fine", TINY_FINE, "model/fine.pt", "model/train_log.csv"),
+])
+def test_killed_training_job_resumes_from_its_checkpoint(finished, tmp_path, stage, settings, artefact, log_csv):
+    """Kill Snakemake and its training job (SIGKILL, as an OOM killer or a lost node would) after a
     checkpoint; the rerun resumes from that checkpoint, finishes, and removes it."""
     work, snakefile = finished
-    copy = work.parent / "w-killed"  # beside the original: the code's relative path, hence the DAG, stays
+    copy = work.parent / f"w-killed-{stage}"  # beside the original: the code's relative path, hence the DAG, stays
     shutil.copytree(work, copy, symlinks=True)
-    coarse = {**TINY_COARSE, "iterations": 400, "checkpoint_every": 20}
-    (copy / "longer.yaml").write_text(yaml.safe_dump({"presets": {"cpu": {"coarse": coarse}}}))
+    longer = {**settings, "iterations": 400, "checkpoint_every": 20, "log_every": 25}
+    (copy / "longer.yaml").write_text(yaml.safe_dump({"presets": {"cpu": {stage: longer}}}))
     results = copy / "results" / "a"
-    checkpoint, ply = results / "checkpoints" / "coarse.pt", results / "gaussians" / "coarse.ply"
+    checkpoint, output_file = results / "checkpoints" / f"{stage}.pt", results / artefact
     cmd = [*SNAKEMAKE[:-1], str(snakefile), "-d", str(copy), "--configfile", str(copy / "config.yaml"),
-           str(copy / "longer.yaml"), "--cores", "2", str(ply.relative_to(copy))]
-    started = os.path.getmtime(ply)
+           str(copy / "longer.yaml"), "--cores", "2", str(output_file.relative_to(copy))]
+    started = os.path.getmtime(output_file)
     output = tmp_path / "snakemake.out"
     with output.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -117,19 +121,19 @@ def test_killed_training_job_resumes_from_its_checkpoint(finished, tmp_path):
     assert proc.poll() is None, f"snakemake ended before a checkpoint:\n{output.read_text()[-3000:]}"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert checkpoint.exists(), "train_coarse never wrote a checkpoint"
+    assert checkpoint.exists(), f"train_{stage} never wrote a checkpoint"
     saved_at = torch.load(checkpoint, weights_only=False)["state"]["iteration"]
     assert 20 <= saved_at < 400
-    assert not ply.exists() or os.path.getmtime(ply) == started  # Snakemake's outputs are removed or stale
+    assert not output_file.exists() or os.path.getmtime(output_file) == started  # removed or stale
 
     subprocess.run([*cmd[:-3], "--unlock"], check=True, capture_output=True)
     done = subprocess.run([*cmd, "--rerun-incomplete"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "1 of 1 steps (100%) done" in done.stdout + done.stderr  # train_coarse alone, nothing upstream
-    log = (results / "logs" / "train_coarse.log").read_text()
-    assert f"resuming coarse training from iteration {saved_at}" in log
+    assert "1 of 1 steps (100%) done" in done.stdout + done.stderr  # the training job alone, nothing upstream
+    log = (results / "logs" / f"train_{stage}.log").read_text()
+    assert f"resuming {stage} training from iteration {saved_at}" in log
     assert not checkpoint.exists()
-    with (results / "gaussians" / "train_log.csv").open() as fh:
+    with (results / log_csv).open() as fh:
         iterations = [int(row["iteration"]) for row in csv.DictReader(fh)]
     assert iterations == list(range(25, 401, 25))  # every row once: the log lives in the checkpoint
 

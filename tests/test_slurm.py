@@ -137,10 +137,11 @@ def test_demo_dag_runs_as_slurm_jobs_and_matches_a_local_run(slurm_cluster, tmp_
     local run's byte for byte."""
     from tests.workflow_helpers import SNAKEMAKE
 
-    from tests.workflow_helpers import TINY_COARSE
+    from tests.workflow_helpers import TINY_COARSE, TINY_FINE
 
     config = ("demo: {duration: 3.0, size: 256, drive_duration: 2.0}\n"
-              f"presets: {{cpu: {{resolution: 128, coarse: {json.dumps(TINY_COARSE)}}}}}\n")
+              f"presets: {{cpu: {{resolution: 128, coarse: {json.dumps(TINY_COARSE)}, "
+              f"fine: {json.dumps(TINY_FINE)}}}}}\n")
     runs = {}
     for name in ("slurm", "local"):
         work = tmp_path / name

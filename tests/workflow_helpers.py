@@ -14,6 +14,9 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 # Coarse training settings that keep workflow tests fast (seconds): they test the DAG, not the fit.
 TINY_COARSE = {"iterations": 30, "resolution": 64, "init_points": 200, "sh_degree": 1, "sh_increase_every": 15,
                "checkpoint_every": 10, "densify": {"start": 10, "stop": 20, "every": 10, "reset_every": 0}}
+TINY_FINE = {"iterations": 20, "resolution": 64, "mouth_resolution": 128, "checkpoint_every": 10, "log_every": 10,
+             "mouth_seed": 20, "model": {"resolution": 8, "scales": [1, 2], "feature_dim": 8, "hidden": 32},
+             "densify": {"start": 10, "stop": 20, "every": 10}}
 
 
 def make_workdir(root: Path, subjects: dict[str, tuple[Path, int]], drives: list[tuple[str, str, Path]] = (),
@@ -25,7 +28,7 @@ def make_workdir(root: Path, subjects: dict[str, tuple[Path, int]], drives: list
     lines = ["subject\taudio_id\taudio"] + [f"{s}\t{a}\t{p}" for s, a, p in drives]
     (root / "drives.tsv").write_text("\n".join(lines) + "\n")
     config = {"subjects": "subjects.tsv", "drives": "drives.tsv", "preset": "cpu",
-              "presets": {"cpu": {"coarse": TINY_COARSE}}, **overrides}
+              "presets": {"cpu": {"coarse": TINY_COARSE, "fine": TINY_FINE}}, **overrides}
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     return root
 

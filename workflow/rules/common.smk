@@ -135,8 +135,9 @@ def final_outputs(wildcards):
         outputs += [paths.landmarks, paths.cameras, paths.qc_image("tracking")]
         outputs += [paths.mouth_masks, paths.head, paths.torso, paths.blink, paths.qc_image("face_analysis")]
         outputs += [paths.coarse_ply, paths.coarse_pt, paths.qc_image("coarse")]
-        outputs += [paths.fine_pt, paths.qc_image("fine")]
+        outputs += [paths.fine_pt, paths.qc_image("fine"), paths.render("test"), paths.metrics, paths.side_by_side]
+        outputs += [paths.report_figure("losses"), paths.report_figure("poses"), paths.report_renders]
     for drive in DRIVES:
         paths = SubjectPaths.of(config["results"], drive.subject)
-        outputs.append(paths.drive_features(drive.audio_id, extractor))
+        outputs += [paths.drive_features(drive.audio_id, extractor), paths.render(drive.audio_id)]
     return outputs

@@ -1,6 +1,4 @@
-# render, evaluate and the report pages (DESIGN sections 2, 5, 7). Needs model/fine.pt of train_fine: the
-# Snakefile includes this file together with train_fine's rule, and final_outputs adds the renders, metrics
-# and report pages then.
+# render, evaluate and the report pages (DESIGN sections 2, 5, 7), from model/fine.pt of train_fine.
 
 
 report: "../report/workflow.rst"
@@ -109,7 +107,7 @@ rule evaluate:
 rule report_pages:
     input:
         coarse_log=P.coarse_log,
-        fine_log=P.train_log,
+        fine_log=P.fine_log,
         cameras=P.cameras,
         metrics=P.metrics,
         side_by_side=P.side_by_side,
