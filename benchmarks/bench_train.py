@@ -2,6 +2,7 @@
 
     snakemake --cores 2 --until track_head_pose split_head_torso     # once, to have the inputs
     python benchmarks/bench_train.py [--subject results/demo] [--preset cpu] [--threads 2] [--device cpu]
+                                     [--iterations N] [--perceptual lpips|dssim]
 
 Runs the stage's CLI with the preset's coarse settings (config/config.yaml merged as the workflow does) and
 prints a markdown row: iterations, training size, wall time, iterations/s, final Gaussian count, test PSNR
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--iterations", type=int, default=None, help="override the preset's iteration count")
+    parser.add_argument("--perceptual", choices=("lpips", "dssim"), default=None, help="override the loss term")
     args = parser.parse_args()
 
     config = pipeline_config.validate(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), "config",
@@ -41,6 +43,8 @@ def main() -> None:
     settings = pipeline_config.stage_settings(config, args.preset, "coarse")
     if args.iterations:
         settings["iterations"] = args.iterations
+    if args.perceptual:
+        settings["perceptual"] = args.perceptual
     subject = args.subject
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
@@ -61,7 +65,8 @@ def main() -> None:
     iterations = settings["iterations"]
     print("| preset | iterations | size | device | wall s | it/s | Gaussians | test PSNR dB | peak MB |")
     print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| {args.preset} | {iterations} | {found[1]}² | {found[3]}, {args.threads} threads | {wall:.0f} | "
+    preset = f"{args.preset} ({settings['perceptual']})"
+    print(f"| {preset} | {iterations} | {found[1]}² | {found[3]}, {args.threads} threads | {wall:.0f} | "
           f"{iterations / wall:.1f} | {last['gaussians']} | {psnr[1]} | {peak_mb:.0f} |")
 
 

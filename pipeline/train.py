@@ -2,13 +2,14 @@
 
 Coarse training fits 3D Gaussians to the head frames (the head over the background plate): each iteration
 renders one training frame from its tracked camera, composites over the plate and minimises
-L1 + 0.2 D-SSIM (the design's stand-in for 0.05 LPIPS when no LPIPS weights are present), with 3DGS's
-adaptive density control and its SH schedule (one more band every ``sh_increase_every`` iterations).
+L1 + 0.05 LPIPS (AlexNet, :mod:`pipeline.lpips`; ``perceptual: dssim`` switches to L1 + 0.2 D-SSIM), with
+3DGS's adaptive density control and its SH schedule (one more band every ``sh_increase_every`` iterations).
 
 Artefacts: ``gaussians/coarse.ply`` (3DGS layout, any splat viewer opens it), ``gaussians/coarse.pt``
 (``model``: GaussianModel tensors; ``config``; ``head_box`` [2,3] metres; ``scene_scale``; ``train_size``
-[W,H]; ``iterations``; ``test_psnr`` dB), ``gaussians/train_log.csv`` (iteration, loss, l1, dssim, psnr,
-gaussians, seconds) and ``qc/coarse.png`` (test frames: target, render, error x4).
+[W,H]; ``iterations``; ``test_psnr`` dB), ``gaussians/train_log.csv`` (iteration, loss, l1,
+perceptual: the unweighted LPIPS or D-SSIM term, psnr, gaussians, seconds) and ``qc/coarse.png`` (test
+frames: target, render, error x4).
 Resume: see :mod:`pipeline.checkpoint`.
 """
 
@@ -37,11 +38,11 @@ from pipeline.dataset import Cameras, HeadViews
 from pipeline.gaussians import GaussianModel, gaussians_from_points, random_gaussians, rasterize
 from pipeline.gaussians.densify import DensifyConfig, Densifier
 from pipeline.io import PipelineError, atomic_path, evenly_spaced, save_image
-from pipeline.losses import dssim, l1, psnr
+from pipeline.losses import PERCEPTUAL, l1, perceptual_loss, psnr
 
 log = logging.getLogger(__name__)
 
-LOG_COLUMNS = ("iteration", "loss", "l1", "dssim", "psnr", "gaussians", "seconds")
+LOG_COLUMNS = ("iteration", "loss", "l1", "perceptual", "psnr", "gaussians", "seconds")
 
 
 @dataclass
@@ -66,6 +67,8 @@ class CoarseConfig:
     init_points: int = 1000
     sh_degree: int = 3
     sh_increase_every: int = 1000
+    perceptual: str = "lpips"  # lpips | dssim: the image term next to L1
+    lambda_lpips: float = 0.05
     lambda_dssim: float = 0.2
     lr: LearningRates = field(default_factory=LearningRates)
     densify: DensifyConfig = field(default_factory=lambda: DensifyConfig(start=300, stop=2000, every=100,
@@ -88,7 +91,14 @@ class CoarseConfig:
         config = replace(base, **data, lr=lr, densify=densify)
         if config.init not in ("random", "landmarks"):
             raise PipelineError(f"coarse settings: init must be 'random' or 'landmarks', got {config.init!r}")
+        if config.perceptual not in PERCEPTUAL:
+            raise PipelineError(f"coarse settings: perceptual must be one of {', '.join(PERCEPTUAL)}, "
+                                f"got {config.perceptual!r}")
         return config
+
+    @property
+    def lambda_perceptual(self) -> float:
+        return self.lambda_lpips if self.perceptual == "lpips" else self.lambda_dssim
 
 
 def head_box(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -202,6 +212,7 @@ def train_coarse(views: HeadViews, config: CoarseConfig, checkpointer: Checkpoin
                                "generator": generator.get_state(), "log": rows,
                                "seconds": elapsed + time.perf_counter() - t0})
 
+    perceptual = perceptual_loss(config.perceptual, views.device)
     train = torch.tensor(views.cameras.train)
     t0 = time.perf_counter()
     bar = cli.progress(range(start + 1, config.iterations + 1), total=config.iterations, desc="coarse")
@@ -213,8 +224,8 @@ def train_coarse(views: HeadViews, config: CoarseConfig, checkpointer: Checkpoin
         image, result = render_view(model, views, frame, sh_degree, backend)
         target = views.image(frame)
         loss_l1 = l1(image, target)
-        loss_dssim = dssim(image[None], target[None])
-        loss = loss_l1 + config.lambda_dssim * loss_dssim
+        loss_perceptual = perceptual(image, target)
+        loss = loss_l1 + config.lambda_perceptual * loss_perceptual
         result.means2d.retain_grad()
         loss.backward()
         if it <= config.densify.stop:
@@ -224,7 +235,7 @@ def train_coarse(views: HeadViews, config: CoarseConfig, checkpointer: Checkpoin
         model, _ = densifier.step(it, model, optimizer, generator)
 
         if it % config.log_every == 0 or it == config.iterations:
-            row = {"iteration": it, "loss": loss.item(), "l1": loss_l1.item(), "dssim": loss_dssim.item(),
+            row = {"iteration": it, "loss": loss.item(), "l1": loss_l1.item(), "perceptual": loss_perceptual.item(),
                    "psnr": psnr(image.detach(), target).item(), "gaussians": len(model),
                    "seconds": round(elapsed + time.perf_counter() - t0, 2)}
             rows.append(row)

@@ -53,3 +53,22 @@ def test_ssim_rejects_small_or_mismatched_images():
         ssim(torch.zeros(1, 8, 8, 3), torch.zeros(1, 8, 8, 3))
     with pytest.raises(ValueError, match="one shape"):
         ssim(torch.zeros(1, 16, 16, 3), torch.zeros(1, 16, 15, 3))
+
+
+def test_perceptual_loss_kinds_take_hwc_images():
+    from pipeline.losses import perceptual_loss
+
+    a, b = _pair(3)
+    x = torch.tensor(a, dtype=torch.float32, requires_grad=True)
+    y = torch.tensor(b, dtype=torch.float32)
+    for kind in ("lpips", "dssim"):
+        fn = perceptual_loss(kind, "cpu")
+        assert float(fn(y, y)) == pytest.approx(0.0, abs=1e-6)
+        value = fn(x, y)
+        assert value.dim() == 0 and float(value.detach()) > 0
+    with torch.no_grad():
+        assert float(perceptual_loss("dssim")(x, y)) == pytest.approx(float(dssim(x[None], y[None])))
+    perceptual_loss("lpips")(x, y).backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="unknown perceptual loss 'ssim'; choose one of lpips, dssim"):
+        perceptual_loss("ssim")

@@ -28,7 +28,7 @@ rule extract_audio_features:
     shell:
         "$PY -m pipeline.audio --audio {input.audio:q} --video-json {input.meta:q} --extractor {wildcards.extractor}"
         " --window {params.window} --n-mels {params.n_mels} {params.model} --out {output.features:q}"
-        " --stats-out {output.stats:q} > {log:q} 2>&1"
+        " --stats-out {output.stats:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule extract_drive_features:
@@ -56,4 +56,4 @@ rule extract_drive_features:
     shell:
         "$PY -m pipeline.audio --audio {input.audio:q} --stats-in {input.stats:q} --extractor {wildcards.extractor}"
         " --window {params.window} --n-mels {params.n_mels} {params.model} --out {output.features:q}"
-        " --wav-out {params.wav:q} > {log:q} 2>&1"
+        " --wav-out {params.wav:q} --threads {threads} > {log:q} 2>&1"

@@ -48,7 +48,7 @@ DEMO = "resources/demo"
 wildcard_constraints:
     subject=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     audio_id=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
-    extractor=r"mel|hubert|wav2vec2",
+    extractor=r"mel|whisper|ppg|hubert|wav2vec2",
 
 
 def code(*modules):

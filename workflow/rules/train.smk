@@ -6,7 +6,7 @@ rule train_coarse:
         head=P.head,
         background=P.background,
         cameras=P.cameras,
-        code=code("train", "dataset", "losses", "checkpoint", "gaussians/*"),
+        code=code("train", "dataset", "losses", "lpips", "checkpoint", "gaussians/*"),
     output:
         ply=P.coarse_ply,
         pt=P.coarse_pt,
