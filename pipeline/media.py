@@ -34,7 +34,7 @@ SYSTEM = "system"
 # The oldest release the test suite runs against (Debian 12's); older ones (Ubuntu 22.04's 4.4) are untested.
 MIN_VERSION = (5, 1)
 REQUIRED_ENCODERS = ("libx264", "aac", "mjpeg", "pcm_s16le", "rawvideo")
-REQUIRED_FILTERS = ("fps", "crop", "scale", "pad", "tpad", "apad", "atrim")
+REQUIRED_FILTERS = ("fps", "crop", "scale", "pad", "tpad", "apad", "atrim", "setpts", "adelay")
 
 
 def ffmpeg_binary() -> str:
@@ -210,33 +210,49 @@ _TIMEBASE = re.compile(r"^#tb 0: (\d+)/(\d+)", re.MULTILINE)
 _NO_PTS = -(2**63)
 
 
+def _frame_listing(path: Path, what: str, *args: str) -> tuple[float, np.ndarray]:
+    """ffmpeg's framemd5 listing of the output ``args`` select: seconds per time-base unit and the timed
+    rows' (pts, duration) [K, 2]. Timestamps are on ffmpeg's timeline, which starts at the container's
+    start time, the same for every stream and for the frames and audio the pipeline decodes."""
+    proc = subprocess.run([ffmpeg_binary(), "-nostdin", "-v", "error", "-i", str(path), *args, "-f", "framemd5", "-"],
+                          capture_output=True, text=True, errors="replace")
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-3:]
+        raise PipelineError(f"{path}: ffmpeg could not list its {what}: {' | '.join(tail)}")
+    if "partial file" in proc.stderr:  # the mov demuxer's words, in every release
+        raise PipelineError(f"{path}: the file ends before its index says (truncated or corrupt)")
+    tb = _TIMEBASE.search(proc.stdout)
+    # lines: stream, dts, pts, duration, size, hash
+    rows = [line.split(",") for line in proc.stdout.splitlines() if line and not line.startswith("#")]
+    timed = np.array([(int(r[2]), int(r[3])) for r in rows if len(r) >= 4 and int(r[2]) != _NO_PTS],
+                     dtype=np.int64).reshape(-1, 2)
+    if tb is None or len(timed) == 0:
+        raise PipelineError(f"{path}: its {what} have no timestamps")
+    return int(tb[1]) / int(tb[2]), timed
+
+
 def video_timing(path: str | Path) -> VideoTiming:
     """Start, end and frame count of the first video stream, from a packet listing (stream copy).
 
     PipelineError when the file ends before its index says (an MP4/MOV cut short)."""
-    path = Path(path)
-    proc = subprocess.run([ffmpeg_binary(), "-nostdin", "-v", "error", "-i", str(path), "-map", "0:v:0",
-                           "-c", "copy", "-f", "framemd5", "-"], capture_output=True, text=True, errors="replace")
-    if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-3:]
-        raise PipelineError(f"{path}: ffmpeg could not list its video packets: {' | '.join(tail)}")
-    if "partial file" in proc.stderr:  # the mov demuxer's words, in every release
-        raise PipelineError(f"{path}: the file ends before its index says (truncated or corrupt)")
-    listing = proc.stdout
-    tb = _TIMEBASE.search(listing)
-    # lines: stream, dts, pts, duration, size, hash
-    rows = [line.split(",") for line in listing.splitlines() if line and not line.startswith("#")]
-    packets = np.array([(int(r[2]), int(r[3])) for r in rows if len(r) >= 4 and int(r[2]) != _NO_PTS],
-                       dtype=np.int64).reshape(-1, 2)
-    if tb is None or len(packets) == 0:
-        raise PipelineError(f"{path}: its video stream has no timed frames")
+    unit, packets = _frame_listing(Path(path), "video packets", "-map", "0:v:0", "-c", "copy")
     pts, duration = packets[:, 0], packets[:, 1]
     steps = np.diff(np.sort(pts))
     # containers that store no per-packet duration: the usual frame spacing stands in
     duration = np.where(duration > 0, duration, int(np.median(steps)) if len(steps) else 0)
-    unit = int(tb[1]) / int(tb[2])
     return VideoTiming(start=float(pts.min() * unit), end=float((pts + duration).max() * unit),
                        frames=len(packets))
+
+
+def audio_start(path: str | Path) -> float:
+    """Presentation time (s) of the first sample that decoding the first audio stream yields, on the timeline
+    of ``video_timing``.
+
+    From the first decoded frame, not the first packet: whether an AAC track's priming samples are dropped
+    depends on the container's edit list, and a decode to wav starts with whatever the decoder yields."""
+    unit, frames = _frame_listing(Path(path), "decoded audio", "-map", "0:a:0", "-frames:a", "1",
+                                  "-c:a", "pcm_s16le")
+    return float(frames[0, 0] * unit)
 
 
 # Downmix to mono as the mean of the channels: ffmpeg's default gives each stereo channel 1/sqrt(2), so

@@ -8,10 +8,18 @@ JPEG-encoded by ffmpeg itself, streaming, so memory does not grow with video len
 Frame-count contract: a video whose first video stream spans ``start`` to ``end`` (its frames' presentation
 times, the last frame's duration included; see ``media.video_timing``) becomes exactly
 N = round((end - start) x fps) frames, halves up. Frame k shows the source frame on screen at
-``start + k / fps`` (ffmpeg's ``fps`` filter, nearest frame); where a ffmpeg release's end-of-stream
-handling yields fewer, the last frame is repeated, and extra ones are dropped. The container's duration
-(which a longer audio track extends, and which releases compute differently) plays no part, so every
-accepted ffmpeg cuts the same frames. ``audio.wav`` is then cut or silence-padded to N / fps seconds.
+``start + k / fps`` (ffmpeg's ``fps`` filter, nearest frame, on a clock that starts at the video's first
+frame: a video that starts after its container, e.g. after its audio, gets no repeated leading frames and
+loses none at the end); where a ffmpeg release's end-of-stream handling yields fewer, the last frame is
+repeated, and extra ones are dropped. The container's duration (which a longer audio track extends, and
+which releases compute differently) plays no part, so every accepted ffmpeg cuts the same frames.
+
+Sync contract: ``audio.wav`` sample i plays at ``start + i / sample_rate``, so frame k's interval holds
+samples [k x sample_rate / fps, (k + 1) x sample_rate / fps), whenever the audio stream starts: audio from
+before the video's first frame is cut, an audio stream that starts later is preceded by silence, and the end
+is cut or silence-padded to N / fps seconds. The two starts are ffmpeg's timestamps on one timeline (the
+video's first frame, ``media.video_timing``; the first decoded audio sample, ``media.audio_start``), and the
+cut counts samples, so it is exact to a sample with every accepted ffmpeg.
 
 ``video.json`` records: ``source`` (path), ``source_fps``, ``source_size`` [w, h] after autorotation,
 ``rotation``, ``duration`` (s, of the video stream), ``crop`` [x, y, side, side] in source pixels,
@@ -33,7 +41,8 @@ import soundfile
 
 from pipeline import cli
 from pipeline.io import PipelineError, atomic_dir, atomic_path, save_json
-from pipeline.media import MONO_MIX, StreamInfo, VideoTiming, iter_frames, probe, run_ffmpeg, video_timing
+from pipeline.media import (MONO_MIX, StreamInfo, VideoTiming, audio_start, iter_frames, probe, run_ffmpeg,
+                            video_timing)
 
 log = logging.getLogger(__name__)
 
@@ -131,36 +140,56 @@ def detect_face_boxes(path: Path, info: StreamInfo, duration: float, cfg: VideoC
 END_PAD_FRAMES = 3
 
 
-def extract_frames(path: Path, crop: tuple[int, int, int], count: int, out_dir: Path, cfg: VideoConfig) -> int:
-    """ffmpeg writes ``count`` frames ``%06d.jpg`` (from 000000) into ``out_dir`` (the module's frame-count
-    contract); returns how many it wrote, fewer only when the video does not decode to its end."""
+def extract_frames(path: Path, crop: tuple[int, int, int], start: float, count: int, out_dir: Path,
+                   cfg: VideoConfig) -> int:
+    """ffmpeg writes ``count`` frames ``%06d.jpg`` (from 000000) into ``out_dir``, frame k the source at
+    ``start + k / fps`` (the module's frame-count contract); returns how many it wrote, fewer only when the
+    video does not decode to its end."""
     x, y, side = crop
-    vf = (f"fps={cfg.fps},crop={side}:{side}:{x}:{y},scale={cfg.resolution}:{cfg.resolution}:flags=area,"
-          f"tpad=stop={END_PAD_FRAMES}:stop_mode=clone")
+    # Time 0 moved to the video's start: else ffmpeg's constant-rate output starts at the container's start,
+    # repeating the first frame until the video begins and dropping as many at the end.
+    vf = (f"setpts=PTS-({start:.9f})/TB,fps={cfg.fps},crop={side}:{side}:{x}:{y},"
+          f"scale={cfg.resolution}:{cfg.resolution}:flags=area,tpad=stop={END_PAD_FRAMES}:stop_mode=clone")
     run_ffmpeg(path, "decode the video", "-i", str(path), "-map", "0:v:0", "-an", "-vf", vf, "-frames:v", str(count),
                "-q:v", str(cfg.jpeg_quality), "-start_number", "0", "-f", "image2", str(out_dir / "%06d.jpg"))
     return sum(1 for p in out_dir.iterdir() if p.suffix == ".jpg")
 
 
-def write_audio_track(path: Path, n_frames: int, out: str | Path, cfg: VideoConfig) -> None:
-    """16 kHz mono wav covering exactly ``n_frames`` video frames (silence-padded or cut at the end).
+def audio_lead(video_start: float, first_sample: float, sample_rate: int) -> int:
+    """Samples to cut from the start of the decoded audio (> 0; its ``first_sample`` plays before the video's
+    first frame, both in s) or, negated, of silence to put before it (< 0; it starts later), so that sample 0
+    plays at the video's first frame."""
+    return int(round((video_start - first_sample) * sample_rate))
 
-    Streamed through ffmpeg twice (decode to a scratch file, then pad/trim) so memory stays flat in
-    video length; the scratch file's length tells a truncated audio track apart from a short pad.
+
+def align_filter(lead: int, n_samples: int) -> str:
+    """ffmpeg audio filter: cut ``lead`` samples from the start (or pad -``lead`` of silence), then pad or cut
+    the end to exactly ``n_samples``. Counts samples, not timestamps, so it is exact with every release."""
+    head = f"atrim=start_sample={lead}," if lead > 0 else f"adelay=delays={-lead}S," if lead < 0 else ""
+    return f"{head}apad=whole_len={n_samples},atrim=end_sample={n_samples}"
+
+
+def write_audio_track(path: Path, start: float, n_frames: int, out: str | Path, cfg: VideoConfig) -> None:
+    """16 kHz mono wav of the ``n_frames`` video frames from ``start`` (s, the video's start): sample 0 plays
+    at frame 0, whenever the audio stream starts (cut before the video's start, silence-padded where the
+    audio starts later or ends sooner, cut at the end).
+
+    Streamed through ffmpeg twice (decode to a scratch file, then align) so memory stays flat in video
+    length; the scratch file's length tells a truncated audio track apart from a short pad.
     """
     n_samples = int(round(n_frames * cfg.sample_rate / cfg.fps))
+    lead = audio_lead(start, audio_start(path), cfg.sample_rate)
     with tempfile.TemporaryDirectory(dir=Path(out).parent) as scratch:
         full = Path(scratch) / "full.wav"
         run_ffmpeg(path, "decode its audio", "-i", str(path), "-vn", "-map", "0:a:0", *MONO_MIX,
                    "-ar", str(cfg.sample_rate), "-c:a", "pcm_s16le", "-f", "wav", str(full))
-        have = soundfile.info(str(full)).frames
-        if have < 0.9 * n_samples:
-            raise PipelineError(f"{path}: audio track is {have / cfg.sample_rate:.2f} s, the video "
-                                f"{n_frames / cfg.fps:.2f} s (truncated audio?)")
+        reach = soundfile.info(str(full)).frames - lead  # the audio's end, in samples from the video's start
+        if reach < 0.9 * n_samples:
+            raise PipelineError(f"{path}: audio track ends {reach / cfg.sample_rate:.2f} s into the "
+                                f"{n_frames / cfg.fps:.2f} s video (truncated audio?)")
         with atomic_path(out) as tmp:
-            run_ffmpeg(path, "write its audio", "-i", str(full), "-af",
-                       f"apad=whole_len={n_samples},atrim=end_sample={n_samples}", "-c:a", "pcm_s16le",
-                       "-f", "wav", str(tmp))
+            run_ffmpeg(path, "write its audio", "-i", str(full), "-af", align_filter(lead, n_samples),
+                       "-c:a", "pcm_s16le", "-f", "wav", str(tmp))
 
 
 def prepare_video(video: str | Path, frames_dir: str | Path, audio_out: str | Path,
@@ -173,10 +202,10 @@ def prepare_video(video: str | Path, frames_dir: str | Path, audio_out: str | Pa
              timing.start, timing.end, crop)
     expected = timing.frame_count(cfg.fps)
     with atomic_dir(frames_dir) as tmp:
-        count = extract_frames(path, crop, expected, tmp, cfg)
+        count = extract_frames(path, crop, timing.start, expected, tmp, cfg)
         if count != expected:
             raise PipelineError(f"{path}: decoded {count} of {expected} expected frames (truncated or corrupt)")
-        write_audio_track(path, count, audio_out, cfg)
+        write_audio_track(path, timing.start, count, audio_out, cfg)
     meta = {
         "source": str(path),
         "source_fps": info.fps,

@@ -16,7 +16,7 @@ from tests.conftest import CLIPS
 from tests.workflow_helpers import make_workdir, snakemake
 
 _ENCODERS = "libx264 aac mjpeg pcm_s16le rawvideo"
-_FILTERS = "fps crop scale pad tpad apad atrim"
+_FILTERS = "fps crop scale pad tpad apad atrim setpts adelay"
 
 
 def _fake_ffmpeg(folder, version, encoders=_ENCODERS, filters=_FILTERS):
