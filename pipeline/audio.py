@@ -51,8 +51,8 @@ naming it (:mod:`pipeline.weights`), never a fall-back to another model.
 
 Normalisation
 -------------
-Per channel mean and std over the subject's training frames' own steps (context padding and the test split
-excluded, :mod:`pipeline.split`), saved beside the
+Per channel mean and std over the subject's training frames' own steps (context padding, the test split and
+the last training frame, whose analysis windows reach into it, excluded; :mod:`pipeline.split`), saved beside the
 features (``SubjectPaths.audio_stats``) and reused for every driving audio of the subject, so driving
 features live in the same units the model was trained on. A std below a tenth of the median channel std
 (e.g. bands above a low-pass of the subject's recording) is raised to that, so driving audio with
@@ -325,8 +325,10 @@ def extract_audio_features(samples: np.ndarray, n_frames: int, config: AudioFeat
                 f"extractor {config.extractor} needs a speech encoder (see load_speech_encoder)")
         steps = speech_steps(samples, n_frames, config, encoder)
     if stats is None:
-        # the subject's own audio: statistics from training frames only, so test audio stays unseen
-        stats = compute_stats(steps, len(train_test_split(n_frames)[0]) if n_frames > 1 else n_frames, config)
+        # the subject's own audio: statistics from training frames only, so test audio stays unseen (one frame
+        # short of the split: the last training step's analysis window reaches a few ms past its frame)
+        stats = compute_stats(steps, max(1, len(train_test_split(n_frames)[0]) - 1) if n_frames > 1 else n_frames,
+                              config)
     elif stats.channels != steps.shape[1]:
         raise PipelineError(
             f"audio statistics have {stats.channels} channels, features have {steps.shape[1]}")

@@ -172,6 +172,8 @@ class AudioPlaneDeformer(nn.Module):
         self.register_buffer("box", torch.as_tensor(box, dtype=torch.float32).reshape(2, 3).clone())
         self.encoder = AudioEncoder(config.audio_channels, config.audio_dim)
         self.attention = TemporalAttention(config.audio_dim, 2 * config.temporal_radius + 1)
+        # unit-scale codes: a large q saturates the prototype softmax, and then no gradient reaches the audio
+        self.norm = nn.LayerNorm(config.audio_dim)
         self.plane = AudioPlane(config)
         width = self.plane.out_dim + config.blink
         self.delta = nn.Sequential(nn.Linear(width, config.hidden), nn.ReLU(), nn.Linear(config.hidden, config.hidden),
@@ -192,7 +194,7 @@ class AudioPlaneDeformer(nn.Module):
         for start in range(0, len(frames), chunk):
             idx = self.neighbour_indices(frames[start:start + chunk], features.shape[0])  # [b, 2r+1]
             raw = self.encoder(features[idx.reshape(-1)].float()).view(*idx.shape, -1)
-            out.append(self.attention(raw))
+            out.append(self.norm(self.attention(raw)))
         return torch.cat(out)
 
     def forward(self, means: Tensor, code: Tensor, blink: float | Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -217,7 +219,8 @@ def deform(gaussians: GaussianModel, delta: Tensor, d: Tensor, config: AudioPlan
     if config.deform_opacity:
         opacity = opacity + d * delta[:, -1]
     return GaussianModel(means=gaussians.means + w * delta[:, :3] * config.position_scale,
-                         quats=gaussians.quats + w * delta[:, 3:7], log_scales=gaussians.log_scales + w * delta[:, 7:10],
+                         quats=gaussians.quats + w * delta[:, 3:7],
+                         log_scales=gaussians.log_scales + w * delta[:, 7:10],
                          opacity_logits=opacity, sh=sh)
 
 

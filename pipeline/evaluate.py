@@ -18,8 +18,10 @@ aperture on the rendered video vs the speech envelope of the driving audio (RMS 
 that many frames later).
 
 ``side_by_side.mp4``: real | render | error (absolute difference x4) for the test split, with its audio.
-LPIPS and identity distance join ``test`` when ``pipeline.lpips`` / ``pipeline.identity`` are present
-(see :func:`perceptual_metrics`).
+``test`` also carries ``lpips`` (AlexNet v0.1, :mod:`pipeline.lpips`) and ``identity_distance`` (dlib face
+descriptors, :mod:`pipeline.identity`; same person below ``identity_threshold`` 0.6) over up to 32 frame pairs
+spread over the split; each drive carries the ``identity_distance`` of its faces to the subject's mean
+descriptor over 8 training frames.
 """
 
 from __future__ import annotations
@@ -39,8 +41,10 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from pipeline import cli
 from pipeline.dataset import Cameras
+from pipeline.lpips import load_lpips
 from pipeline.io import PipelineError, evenly_spaced, list_frames, load_rgb, save_json
-from pipeline.landmarks import LIPS_INNER, MOUTH, LandmarkConfig, MediaPipeDetector, load_landmarks
+from pipeline.identity import IDENTITY_THRESHOLD, face_descriptor, identity_distance
+from pipeline.landmarks import MOUTH, LandmarkConfig, MediaPipeDetector, load_landmarks, mouth_aperture
 from pipeline.media import VideoWriter, decode_audio, iter_frames
 
 log = logging.getLogger("pipeline.evaluate")
@@ -51,8 +55,6 @@ HEAD_BOX_MARGIN = 0.1
 MAX_LAG = 5
 ERROR_GAIN = 4
 PERCEPTUAL_PAIRS = 32  # frame pairs kept for LPIPS / identity (memory stays flat in the split's length)
-# central inner-lip pairs facing each other across the mouth (LIPS_INNER runs upper lip first, 20 points)
-_APERTURE_PAIRS = ((4, 16), (5, 15), (6, 14))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -78,14 +80,6 @@ def head_box(landmarks: np.ndarray, width: int, height: int, margin: float = HEA
     x0, y0 = np.floor(lo - grow).astype(int)
     x1, y1 = np.ceil(hi + grow).astype(int)
     return max(0, x0), max(0, y0), min(width, x1), min(height, y1)
-
-
-def mouth_aperture(landmarks: np.ndarray) -> np.ndarray:
-    """Mouth aperture in pixels [N] of landmarks [N, 478, 2+]: mean gap of the central inner-lip pairs."""
-    xy = np.asarray(landmarks, dtype=np.float64)[..., :2]
-    upper = [LIPS_INNER[a] for a, _ in _APERTURE_PAIRS]
-    lower = [LIPS_INNER[b] for _, b in _APERTURE_PAIRS]
-    return np.linalg.norm(xy[..., upper, :] - xy[..., lower, :], axis=-1).mean(axis=-1)
 
 
 def lmd(real: np.ndarray, render: np.ndarray) -> float:
@@ -177,37 +171,40 @@ class TestSplitMetrics:
         }
 
 
-def perceptual_metrics(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict:
-    """LPIPS (AlexNet) and identity distance of (real, render) uint8 pairs, when their modules are present.
+def perceptual_metrics(pairs: Sequence[tuple[np.ndarray, np.ndarray]], chunk: int = 8) -> dict:
+    """LPIPS (AlexNet v0.1) and dlib identity distance of (real, render) uint8 [H,W,3] pairs, averaged.
 
-    HOOK(pretrained-networks issue): ``pipeline.lpips`` and ``pipeline.identity`` land with that issue; until
-    then these two metrics are absent from metrics.json (logged), never made up.
-    """
-    out: dict = {}
-    try:
-        import torch
+    ``identity_distance`` is over the pairs where dlib finds a face in both (``identity_pairs`` of them)."""
+    import torch
 
-        from pipeline.lpips import load_lpips
-    except ImportError:
-        log.info("LPIPS not computed: pipeline.lpips is not installed in this checkout")
-    else:
-        model = load_lpips()
-        x = torch.stack([torch.from_numpy(r.copy()).permute(2, 0, 1) for r, _ in pairs]).float() / 255
-        y = torch.stack([torch.from_numpy(g.copy()).permute(2, 0, 1) for _, g in pairs]).float() / 255
+    model = load_lpips()
+    scores = []
+    for start in range(0, len(pairs), chunk):
+        part = pairs[start:start + chunk]
+        x = torch.stack([torch.from_numpy(np.ascontiguousarray(r)).permute(2, 0, 1) for r, _ in part]).float() / 255
+        y = torch.stack([torch.from_numpy(np.ascontiguousarray(g)).permute(2, 0, 1) for _, g in part]).float() / 255
         with torch.no_grad():
-            out["lpips"] = float(model(x, y).mean())
-    try:
-        from pipeline.identity import IDENTITY_THRESHOLD, face_descriptor, identity_distance, load_identity
-    except ImportError:
-        log.info("identity distance not computed: pipeline.identity is not installed in this checkout")
-    else:
-        net = load_identity()
-        dists = [identity_distance(face_descriptor(net, r), face_descriptor(net, g)) for r, g in pairs]
-        dists = [d for d in dists if d is not None]
-        if dists:
-            out["identity_distance"] = float(np.mean(dists))
-            out["identity_threshold"] = float(IDENTITY_THRESHOLD)
+            scores.append(model(x, y))
+    out: dict = {"lpips": float(torch.cat(scores).mean()) if scores else None}
+    found = [(face_descriptor(r), face_descriptor(g)) for r, g in pairs]
+    dists = [identity_distance(a, b) for a, b in found if a is not None and b is not None]
+    out.update(identity_distance=float(np.mean(dists)) if dists else None, identity_pairs=len(dists),
+               identity_threshold=IDENTITY_THRESHOLD)
     return out
+
+
+def identity_to_subject(frames: Sequence[np.ndarray], reference: np.ndarray | None) -> float | None:
+    """Mean dlib distance of the faces in ``frames`` to the subject's mean descriptor ``reference``."""
+    if reference is None:
+        return None
+    dists = [identity_distance(d, reference) for d in map(face_descriptor, frames) if d is not None]
+    return float(np.mean(dists)) if dists else None
+
+
+def subject_descriptor(frames: Sequence[np.ndarray]) -> np.ndarray | None:
+    """Mean dlib descriptor of the faces in a few training frames (None when none has a face)."""
+    found = [d for d in map(face_descriptor, frames) if d is not None]
+    return np.mean(found, axis=0) if found else None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -259,26 +256,30 @@ def evaluate_test_split(real: Iterable[np.ndarray], render: Iterable[np.ndarray]
     return {**metrics.summary(), **perceptual_metrics(pairs)}
 
 
-def video_aperture(path: Path) -> np.ndarray:
-    """Mouth aperture [N] of every frame of a video (NaN where MediaPipe finds no face)."""
+def video_aperture(path: Path, keep_every: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Mouth aperture [N] of every frame of a video (NaN where MediaPipe finds no face), and every
+    ``keep_every``-th frame (none when 0)."""
     detector = MediaPipeDetector(LandmarkConfig(max_faces=1))
-    values = []
+    values, kept = [], []
     try:
-        for frame in cli.progress(iter_frames(path), desc=f"face mesh {path.name}"):
+        for k, frame in enumerate(cli.progress(iter_frames(path), desc=f"face mesh {path.name}")):
             lm = _detect(detector, frame)
             values.append(np.nan if lm is None else float(mouth_aperture(lm[None])[0]))
+            if keep_every and k % keep_every == 0:
+                kept.append(frame)
     finally:
         detector.close()
-    return np.asarray(values, np.float64)
+    return np.asarray(values, np.float64), kept
 
 
-def evaluate_drive(render: Path, audio: Path) -> dict:
-    """Lip-sync proxy of one driven render against its driving audio file."""
-    mouth = video_aperture(render)
+def evaluate_drive(render: Path, audio: Path, subject: np.ndarray | None = None) -> dict:
+    """Lip-sync proxy of one driven render against its driving audio file, and the identity distance of its
+    faces to the subject's mean descriptor ``subject`` (:func:`subject_descriptor`)."""
+    mouth, kept = video_aperture(render, keep_every=25)
     if len(mouth) == 0:
         raise PipelineError(f"{render}: no frames")
     envelope = speech_envelope(decode_audio(audio, 16000), len(mouth))
-    return lipsync(mouth, envelope)
+    return {**lipsync(mouth, envelope), "identity_distance": identity_to_subject(kept[:16], subject)}
 
 
 def _json_safe(value):
@@ -301,8 +302,10 @@ def evaluate_subject(test_video: Path, frames_dir: Path, cameras: Path, landmark
     real = (load_rgb(frames[i]) for i in test)
     test_metrics = evaluate_test_split(real, iter_frames(test_video), landmarks, side_by_side, test_video, len(test))
     result = {"test": test_metrics, "drives": {}}
+    train = Cameras.load(cameras).train
+    subject = subject_descriptor([load_rgb(frames[train[i]]) for i in evenly_spaced(len(train), 8)]) if drives else None
     for audio_id, video, audio in drives:
-        result["drives"][audio_id] = evaluate_drive(video, audio)
+        result["drives"][audio_id] = evaluate_drive(video, audio, subject)
         log.info("%s: lip-sync r %.3f at lag 0, %.3f at lag %s", audio_id, result["drives"][audio_id]["r_lag0"] or 0,
                  result["drives"][audio_id]["r_best"] or 0, result["drives"][audio_id]["best_lag"])
     result = _json_safe(result)

@@ -7,9 +7,9 @@ code, the deformer moves the canonical Gaussians (G' = G + d ΔG), and three ren
   dilated mouth mask m: mean(max(0, |m - g| - margin)), weight ``lambda_mask``;
 - the mouth (and chin) box at ``mouth_resolution``, where a lip gap is several pixels wide even when the
   training size makes it one: L1 + λ·perceptual, weight ``lambda_mouth``.
-The canonical Gaussians keep training at ``gaussian_lr_scale`` times the coarse rates, with 3DGS
-densification; ``mouth_seed`` extra faint Gaussians behind the lips give the mouth interior something to
-show when it opens.
+The perceptual term is LPIPS (weight 0.05, the paper's) or D-SSIM (0.2). The canonical Gaussians keep
+training at ``gaussian_lr_scale`` times the coarse rates, with 3DGS densification; ``mouth_seed`` extra
+faint Gaussians behind the lips give the mouth interior something to show when it opens.
 
 Honest split: training frames whose audio input (window and temporal attention) reaches into the test
 split are never trained on (:func:`pipeline.split.audio_safe_train_frames`).
@@ -31,7 +31,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ from pipeline.dataset import Cameras, FrameStore, HeadViews, training_size
 from pipeline.gaussians import GaussianModel, gaussians_from_points, rasterize
 from pipeline.gaussians.densify import DensifyConfig, Densifier
 from pipeline.io import PipelineError, evenly_spaced, list_frames, save_image
-from pipeline.losses import dssim, l1, psnr
+from pipeline.losses import PERCEPTUAL, l1, perceptual_loss, psnr
 from pipeline.split import audio_safe_train_frames
 from pipeline.train import LearningRates, make_optimizer, optimizer_step, pick_device, qc_sheet, write_log_csv
 
@@ -61,6 +61,8 @@ class FineConfig:
     mouth_resolution: int | None = None  # frame side at which the mouth box is supervised; None = frames'
     mouth_box: float = 2.0  # mouth box side, times the widest mouth of the video
     model: AudioPlaneConfig = field(default_factory=AudioPlaneConfig)
+    perceptual: str = "lpips"  # lpips | dssim: the image term next to L1
+    lambda_lpips: float = 0.05
     lambda_dssim: float = 0.2
     lambda_mask: float = 0.1
     mask_margin: float = 0.2
@@ -87,7 +89,15 @@ class FineConfig:
         base = cls()
         model = AudioPlaneConfig.from_dict(data.pop("model", {}))
         densify = replace(base.densify, **data.pop("densify", {}))
-        return replace(base, **data, model=model, densify=densify)
+        config = replace(base, **data, model=model, densify=densify)
+        if config.perceptual not in PERCEPTUAL:
+            raise PipelineError(f"fine settings: perceptual must be one of {', '.join(PERCEPTUAL)}, "
+                                f"got {config.perceptual!r}")
+        return config
+
+    @property
+    def lambda_perceptual(self) -> float:
+        return self.lambda_lpips if self.perceptual == "lpips" else self.lambda_dssim
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -101,7 +111,7 @@ def mouth_boxes(landmarks: np.ndarray, size: tuple[int, int], scale: float, size
     xy = landmarks[:, :, :2] * scale
     lips = xy[:, list(lmk.LIPS_OUTER)]
     width = float((lips[:, :, 0].max(axis=1) - lips[:, :, 0].min(axis=1)).max())
-    side = min(max(16, int(round(size_factor * width))), *size)
+    side = min(max(32, int(round(size_factor * width))), *size)  # LPIPS needs 31 px
     centre = xy[:, list(lmk.MOUTH)].mean(axis=1) + np.array([0.0, 0.2 * side])
     corner = np.clip(np.round(centre - side / 2), 0, np.array(size) - side).astype(np.int64)
     return np.concatenate([corner, np.full((len(corner), 1), side)], axis=1)
@@ -212,8 +222,10 @@ class FineStep:
 
 
 def fine_step(gaussians: GaussianModel, deformer: AudioPlaneDeformer, data: FineData, features: Tensor, frame: int,
-              config: FineConfig, sh_degree: int, backend: str) -> FineStep:
-    """Deform for ``frame``'s audio and compute the fine loss (see the module docstring)."""
+              config: FineConfig, sh_degree: int, backend: str, perceptual: Callable[[Tensor, Tensor], Tensor]
+              ) -> FineStep:
+    """Deform for ``frame``'s audio and compute the fine loss (see the module docstring); ``perceptual`` is
+    :func:`pipeline.losses.perceptual_loss` of ``config.perceptual``."""
     views = data.views
     code = deformer.codes(features, torch.tensor([frame], device=features.device))[0]
     delta, d = deformer(gaussians.means, code, float(data.blink[frame]))
@@ -221,8 +233,8 @@ def fine_step(gaussians: GaussianModel, deformer: AudioPlaneDeformer, data: Fine
     raster = render_deformed(moved, views.viewmat(frame), views.K, views.width, views.height, sh_degree, backend)
     image = raster.color[0] + views.background * (1 - raster.alpha[0])
     target = views.image(frame)
-    losses = {"l1": l1(image, target), "perceptual": dssim(image[None], target[None])}
-    loss = losses["l1"] + config.lambda_dssim * losses["perceptual"]
+    losses = {"l1": l1(image, target), "perceptual": perceptual(image, target)}
+    loss = losses["l1"] + config.lambda_perceptual * losses["perceptual"]
     splat = None
     if config.dynamic_splatting:
         g = moved.activated()
@@ -234,7 +246,7 @@ def fine_step(gaussians: GaussianModel, deformer: AudioPlaneDeformer, data: Fine
         crop, plate, K, side = data.mouth_crop(frame)
         mouth = render_deformed(moved, data.mouth_views.viewmat(frame), K, side, side, sh_degree, backend)
         mouth_image = mouth.color[0] + plate * (1 - mouth.alpha[0])
-        losses["mouth"] = l1(mouth_image, crop) + config.lambda_dssim * dssim(mouth_image[None], crop[None])
+        losses["mouth"] = l1(mouth_image, crop) + config.lambda_perceptual * perceptual(mouth_image, crop)
         loss = loss + config.lambda_mouth * losses["mouth"]
     losses["loss"] = loss
     return FineStep(image=image, target=target, raster=raster, splat=splat, losses=losses)
@@ -303,13 +315,15 @@ def train_fine(data: FineData, coarse: dict[str, Any], config: FineConfig, check
 
     def save(iteration: int) -> None:
         if checkpointer is not None:
-            checkpointer.save({"iteration": iteration, "gaussians": {k: t.detach() for k, t in gaussians.tensors().items()},
+            checkpointer.save({"iteration": iteration,
+                               "gaussians": {k: t.detach() for k, t in gaussians.tensors().items()},
                                "deformer": deformer.state_dict(), "g_optimizer": g_optimizer.state_dict(),
                                "n_optimizer": n_optimizer.state_dict(), "densify": densifier.state_dict(),
                                "generator": generator.get_state(), "log": rows,
                                "seconds": elapsed + time.perf_counter() - t0})
 
     features = data.feature_tensor()
+    perceptual = perceptual_loss(config.perceptual, device)
     pool = torch.tensor(frames)
     t0 = time.perf_counter()
     bar = cli.progress(range(start + 1, config.iterations + 1), total=config.iterations, desc="fine")
@@ -320,7 +334,7 @@ def train_fine(data: FineData, coarse: dict[str, Any], config: FineConfig, check
             group["lr"] = group["base"] * decay
         g_optimizer.param_groups[0]["lr"] = rates.means * scene_scale * decay
         frame = int(pool[torch.randint(len(pool), (1,), generator=generator)])
-        step = fine_step(gaussians, deformer, data, features, frame, config, sh_degree, backend)
+        step = fine_step(gaussians, deformer, data, features, frame, config, sh_degree, backend, perceptual)
         step.raster.means2d.retain_grad()
         step.losses["loss"].backward()
         if it <= config.densify.stop:
@@ -332,7 +346,7 @@ def train_fine(data: FineData, coarse: dict[str, Any], config: FineConfig, check
         gaussians, _ = densifier.step(it, gaussians, g_optimizer, generator)
 
         if it % config.log_every == 0 or it == config.iterations:
-            row = {"iteration": it, **{k: round(float(step.losses.get(k, torch.tensor(0.0))), 6)
+            row = {"iteration": it, **{k: round(float(step.losses[k].detach()), 6) if k in step.losses else 0.0
                                        for k in ("loss", "l1", "perceptual", "mask", "mouth")},
                    "psnr": round(float(psnr(step.image.detach(), step.target)), 4), "gaussians": len(gaussians),
                    "seconds": round(elapsed + time.perf_counter() - t0, 2)}

@@ -198,7 +198,9 @@ UPPER_OVAL: tuple[int, ...] = _SETS["UPPER_OVAL"]
 FOREHEAD_CENTRE: tuple[int, ...] = (151, 9, 8)
 #: Mouth region: both lip contours.
 MOUTH: tuple[int, ...] = tuple(sorted(set(LIPS_OUTER) | set(LIPS_INNER)))
-INNER_LIP_TOP, INNER_LIP_BOTTOM, NOSE_TIP, CHIN = 13, 14, 1, 152
+NOSE_TIP, CHIN = 1, 152
+# central inner-lip pairs facing each other across the mouth (LIPS_INNER runs upper lip first, 20 points)
+_APERTURE_PAIRS = ((4, 16), (5, 15), (6, 14))
 #: Points that do not move with speech or expression: forehead and temples, nose bridge, eye corners.
 STABLE: tuple[int, ...] = tuple(sorted(
     set(UPPER_OVAL) | set(FOREHEAD_CENTRE) | set(NOSE_BRIDGE) | set(RIGHT_EYE_CORNERS) | set(LEFT_EYE_CORNERS)
@@ -252,9 +254,12 @@ def blink_signal(landmarks: np.ndarray, percentile: float = 90.0, ceiling: float
 
 
 def mouth_aperture(landmarks: np.ndarray) -> np.ndarray:
-    """Inner-lip gap at the mouth centre (points 13 and 14), pixels: [N, 478, 2+] -> [N]."""
-    lm = np.asarray(landmarks, dtype=np.float64)
-    return np.linalg.norm(lm[..., INNER_LIP_TOP, :2] - lm[..., INNER_LIP_BOTTOM, :2], axis=-1)
+    """Mouth aperture in pixels: mean gap of the three central inner-lip pairs (13-14 and its neighbours),
+    facing each other across the mouth. [N, 478, 2+] -> [N]."""
+    xy = np.asarray(landmarks, dtype=np.float64)[..., :2]
+    upper = [LIPS_INNER[a] for a, _ in _APERTURE_PAIRS]
+    lower = [LIPS_INNER[b] for _, b in _APERTURE_PAIRS]
+    return np.linalg.norm(xy[..., upper, :] - xy[..., lower, :], axis=-1).mean(axis=-1)
 
 
 def chin_drop(landmarks: np.ndarray) -> np.ndarray:

@@ -320,3 +320,24 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
                        "--extractor", "hubert", "--model-path", str(tmp_path / "nope")]) == 1
     assert f"{tmp_path / 'nope'}: model directory not found" in capsys.readouterr().err
     assert not Path(out).exists()
+
+
+def test_subject_statistics_come_from_training_frames_only():
+    """Test-split audio never shapes the normalisation the model trains with (an honest split)."""
+    from pipeline.split import train_test_split
+
+    config = AudioFeatureConfig()
+    n = 110
+    rng = np.random.default_rng(0)
+    samples = rng.normal(0, 0.1, n * config.samples_per_frame).astype(np.float32)
+    _, stats = extract_audio_features(samples, n, config)
+    first_test = train_test_split(n)[1][0]
+    louder_test = samples.copy()
+    louder_test[first_test * config.samples_per_frame:] *= 8
+    _, same = extract_audio_features(louder_test, n, config)
+    np.testing.assert_array_equal(same.mean, stats.mean)
+    np.testing.assert_array_equal(same.std, stats.std)
+    louder_train = samples.copy()
+    louder_train[: first_test * config.samples_per_frame] *= 8
+    _, changed = extract_audio_features(louder_train, n, config)
+    assert not np.allclose(changed.mean, stats.mean)

@@ -82,6 +82,8 @@ def test_identical_videos_score_perfectly(real):
     assert m["frames"] == m["frames_with_face"] == len(frames)
     assert m["psnr"] == m["psnr_head"] == 100.0 and m["ssim"] == m["ssim_head"] == 1.0
     assert m["lmd"] == 0.0 and m["aperture_correlation"] == pytest.approx(1.0)
+    assert m["lpips"] == pytest.approx(0.0, abs=1e-6)
+    assert m["identity_distance"] == pytest.approx(0.0, abs=1e-6) and m["identity_pairs"] == min(len(frames), 32)
 
 
 def test_shifted_video_matches_an_independent_computation(real):
@@ -92,6 +94,7 @@ def test_shifted_video_matches_an_independent_computation(real):
     for key, value in ref.items():
         assert m[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
     assert m["psnr"] < 60 and m["lmd"] > 0.3  # the demo's mouth moves: a shift is noticed
+    assert m["lpips"] > 0.001 and 0 < m["identity_distance"] < m["identity_threshold"]  # same person, moved
 
 
 def test_lipsync_finds_the_lag_of_a_delayed_mouth():
@@ -143,5 +146,6 @@ def test_cli_writes_metrics_matching_an_independent_computation(demo_short, real
     drive = metrics["drives"]["demo"]
     assert drive["r_best"] > 0.7 and drive["best_lag"] == 2  # the mouth moves 2 frames after this audio
     assert drive["r_best"] > drive["r_lag0"] + 0.3
+    assert drive["identity_distance"] < 0.6  # the demo's own face, against its training frames
     sbs_frames = list(iter_frames(sbs))
     assert len(sbs_frames) == len(test) and sbs_frames[0].shape == (SIZE, 3 * SIZE, 3)

@@ -10,17 +10,19 @@ import csv
 import json
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from pipeline import fine
 from pipeline.audioplane import AudioPlaneConfig, AudioPlaneDeformer, TalkingHead
 from pipeline.checkpoint import Checkpointer
 from pipeline.gaussians.densify import DensifyConfig
 from pipeline.io import PipelineError, load_image
+from pipeline.losses import perceptual_loss
 from pipeline.split import audio_safe_train_frames
 from tests.fine_synthetic import make_fine_subject
 from tests.workflow_helpers import REPO
@@ -31,9 +33,19 @@ SMALL_MODEL = {"resolution": 8, "scales": [1, 2], "feature_dim": 8, "hidden": 32
 
 def small_config(**overrides) -> fine.FineConfig:
     base = fine.FineConfig(iterations=40, model=AudioPlaneConfig(**SMALL_MODEL), mouth_seed=20, lr_grids=2e-2,
+                           perceptual="dssim",
                            lr_networks=2e-3, checkpoint_every=1000, log_every=10,
                            densify=DensifyConfig(start=10_000, stop=0, every=100, reset_every=0))
     return replace(base, **overrides)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Training runs one torch thread, as the stage does by default (see README: threads under contention)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +65,7 @@ def mouth_psnr(head, data, features=None) -> float:
 
 def test_audio_drives_the_mouth_on_unseen_frames(subject):
     torch.manual_seed(0)
-    config = small_config(iterations=300)
+    config = small_config(iterations=600)
     data = load(subject, config)
     coarse = fine.load_coarse(subject["coarse"])
     result = fine.train_fine(data, coarse, config, backend="torch")
@@ -80,7 +92,7 @@ def test_mask_loss_trains_dynamism_not_geometry(subject):
     deformer = AudioPlaneDeformer(model_config, torch.tensor(coarse["head_box"], dtype=torch.float32))
     gaussians = fine.GaussianModel(**coarse["model"])
     step = fine.fine_step(gaussians, deformer, data, data.feature_tensor(), 5, replace(config, model=model_config),
-                          0, "torch")
+                          0, "torch", perceptual_loss("dssim"))
     mask_loss = step.losses["mask"]
     assert mask_loss > 0
     delta_grad, dyn_grad = torch.autograd.grad(mask_loss, [deformer.delta[-1].weight, deformer.dynamism[-1].weight],
@@ -155,3 +167,19 @@ def test_bad_inputs_are_named(subject, tmp_path):
     np.save(tmp_path / "blink.npy", np.ones(3, np.float32))
     with pytest.raises(PipelineError, match="blink.npy: blink of shape"):
         load({**subject, "blink": tmp_path / "blink.npy"}, small_config())
+
+
+def test_schema_defaults_equal_the_dataclass_defaults():
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    props = schema["properties"]["fine"]["properties"]
+    defaults = asdict(fine.FineConfig())
+    for key, spec in props.items():
+        if key in ("model", "densify"):
+            for sub, sub_spec in spec["properties"].items():
+                assert sub_spec["default"] == pytest.approx(defaults[key][sub]), f"fine.{key}.{sub}"
+            assert set(spec["properties"]) == set(defaults[key])
+        else:
+            assert spec["default"] == defaults[key], f"fine.{key}"
+    assert set(props) == set(defaults)
+    preset_keys = schema["$defs"]["preset"]["properties"]["fine"]["propertyNames"]["enum"]
+    assert set(preset_keys) == set(defaults)

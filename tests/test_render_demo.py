@@ -47,7 +47,7 @@ def test_driven_demo_render_lip_syncs_with_the_generator_aperture(tmp_path):
     info = probe(out)
     duration = len(decode_audio(drive)) / 16000
     assert info.has_audio and abs(info.duration - duration) <= 0.04
-    mouth = video_aperture(out)
+    mouth, _ = video_aperture(out)
     truth = drive_openness(DemoConfig())  # the shipped config's demo settings
     n = min(len(mouth), len(truth))
     found = np.isfinite(mouth[:n])

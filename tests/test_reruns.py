@@ -17,7 +17,8 @@ import torch
 import yaml
 
 from tests.conftest import ffmpeg
-from tests.workflow_helpers import SNAKEMAKE, TINY_COARSE, TINY_FINE, copy_workflow, make_workdir, planned_jobs, snakemake
+from tests.workflow_helpers import (SNAKEMAKE, TINY_COARSE, TINY_FINE, copy_workflow, make_workdir, planned_jobs,
+                                    snakemake)
 
 pytestmark = pytest.mark.slow
 
