@@ -17,11 +17,11 @@ import json
 import logging
 import signal
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
-from pipeline.io import atomic_path
+from pipeline.io import PipelineError, atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,19 @@ class Checkpointer:
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def end_of_iteration(iteration: int, save: Callable[[int], None], stop: StopFlag | None, path: Path | None,
+                     every: int, stop_after: int | None = None) -> bool:
+    """A training loop's checkpoint duty after ``iteration``: save every ``every`` iterations; on a raised
+    ``stop`` flag save and raise PipelineError; True when the run ends here early (``stop_after``)."""
+    if stop:
+        save(iteration)
+        raise PipelineError(f"stopped by signal {stop.signal} at iteration {iteration}; checkpoint saved to "
+                            f"{path if path else '(none)'}, rerun to resume")
+    if iteration % every == 0 or iteration == stop_after:
+        save(iteration)
+    return iteration == stop_after
 
 
 class StopFlag:

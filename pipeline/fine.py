@@ -40,7 +40,7 @@ from torch import Tensor
 from pipeline import cli
 from pipeline import landmarks as lmk
 from pipeline.audioplane import AudioPlaneConfig, AudioPlaneDeformer, TalkingHead, deform, render_deformed
-from pipeline.checkpoint import Checkpointer, StopFlag, fingerprint, save_torch
+from pipeline.checkpoint import Checkpointer, StopFlag, end_of_iteration, fingerprint, save_torch
 from pipeline.dataset import Cameras, FrameStore, HeadViews, training_size
 from pipeline.gaussians import GaussianModel, gaussians_from_points, rasterize
 from pipeline.gaussians.densify import DensifyConfig, Densifier
@@ -352,13 +352,8 @@ def train_fine(data: FineData, coarse: dict[str, Any], config: FineConfig, check
                    "seconds": round(elapsed + time.perf_counter() - t0, 2)}
             rows.append(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}", psnr=f"{row['psnr']:.1f}", n=len(gaussians), refresh=False)
-        if stop:
-            save(it)
-            raise PipelineError(f"stopped by signal {stop.signal} at iteration {it}; checkpoint saved to "
-                                f"{checkpointer.path if checkpointer else '(none)'}, rerun to resume")
-        if it % config.checkpoint_every == 0 or it == stop_after:
-            save(it)
-        if it == stop_after:
+        if end_of_iteration(it, save, stop, checkpointer.path if checkpointer else None, config.checkpoint_every,
+                            stop_after):
             break
     return FineResult(gaussians=gaussians.map(lambda t: t.detach()), deformer=deformer.eval(), log_rows=rows,
                       resumed_from=start)

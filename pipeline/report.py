@@ -1,6 +1,6 @@
 """Report pages for ``snakemake --report report.html``: plotted curves and the renders page.
 
-* ``report/losses.png``: every numeric column of the training logs (coarse ``gaussians/train_log.csv`` and
+* ``report/losses.png``: every numeric column but wall-clock seconds of the training logs (coarse ``gaussians/train_log.csv`` and
   fine ``train_log.csv``) against the iteration, one panel per column;
 * ``report/poses.png``: head pose curves from ``cameras.json`` (roll, pitch, yaw in degrees, translation in
   cm), the test split shaded;
@@ -61,7 +61,8 @@ def loss_figure(logs: dict[str, dict[str, np.ndarray]]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = sorted({k for cols in logs.values() for k in cols if k != "iteration"})
+    # wall-clock seconds are no training curve (and would make the figure differ between equal runs)
+    names = sorted({k for cols in logs.values() for k in cols if k not in ("iteration", "seconds")})
     cols = 3
     rows = max(1, -(-len(names) // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.6 * rows), squeeze=False)
@@ -71,7 +72,7 @@ def loss_figure(logs: dict[str, dict[str, np.ndarray]]) -> bytes:
                 ax.plot(columns["iteration"], columns[name], label=stage, lw=1)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("iteration", fontsize=8)
-        if name in ("loss", "l1", "dssim", "lpips", "mask"):
+        if name in ("loss", "l1", "perceptual", "mask", "mouth"):
             ax.set_yscale("log")
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(names):]:

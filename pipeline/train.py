@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from pipeline import cli
-from pipeline.checkpoint import Checkpointer, StopFlag, fingerprint, save_torch
+from pipeline.checkpoint import Checkpointer, StopFlag, end_of_iteration, fingerprint, save_torch
 from pipeline.dataset import Cameras, HeadViews
 from pipeline.gaussians import GaussianModel, gaussians_from_points, random_gaussians, rasterize
 from pipeline.gaussians.densify import DensifyConfig, Densifier
@@ -240,13 +240,8 @@ def train_coarse(views: HeadViews, config: CoarseConfig, checkpointer: Checkpoin
                    "seconds": round(elapsed + time.perf_counter() - t0, 2)}
             rows.append(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}", psnr=f"{row['psnr']:.1f}", n=len(model), refresh=False)
-        if stop:
-            save(it)
-            raise PipelineError(f"stopped by signal {stop.signal} at iteration {it}; checkpoint saved to "
-                                f"{checkpointer.path if checkpointer else '(none)'}, rerun to resume")
-        if it % config.checkpoint_every == 0 or it == stop_after:
-            save(it)
-        if it == stop_after:
+        if end_of_iteration(it, save, stop, checkpointer.path if checkpointer else None, config.checkpoint_every,
+                            stop_after):
             break
     return CoarseResult(model=model.map(lambda t: t.detach()), log_rows=rows, scene_scale=scene_scale,
                         head_box=(lo, hi), resumed_from=start)

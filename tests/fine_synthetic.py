@@ -13,8 +13,8 @@ from pipeline.gaussians import GaussianModel, random_gaussians, rasterize
 from pipeline.io import save_image, save_json, save_npy, save_npz
 from pipeline.paths import frame_name
 from pipeline.split import train_test_split
-from pipeline.tracking import synthetic_track
 from pipeline.train import LearningRates, head_box
+from tests.train_synthetic import synthetic_cameras
 
 CHANNELS, WINDOW = 6, 16
 MOUTH_DROP = 0.012  # metres the mouth moves down at full signal
@@ -46,12 +46,7 @@ def mouth_gaussians(model: GaussianModel, shape: np.ndarray) -> torch.Tensor:
 def make_fine_subject(root: Path, frames: int = 66, size: int = 48, seed: int = 0) -> dict[str, Path]:
     """Write every input of train_fine under ``root``; returns the paths (keys as pipeline.fine's CLI)."""
     root.mkdir(parents=True, exist_ok=True)
-    landmarks, truth = synthetic_track(frames, size=size, focal=2.2 * size, noise_px=0.0, seed=seed)
-    shape = truth["shape"]
-    w2c = np.tile(np.eye(4), (frames, 1, 1))
-    w2c[:, :3, :3] = truth["rotations"]
-    w2c[:, :3, 3] = truth["translations"]
-    K = np.array([[2.2 * size, 0, size / 2], [0, 2.2 * size, size / 2], [0, 0, 1.0]])
+    landmarks, shape, w2c, K = synthetic_cameras(frames, size, seed)
     lo, hi = head_box(shape)
     centre, half = (lo + hi) / 2, (hi - lo) / 2
     static = random_gaussians(300, tuple(centre - 0.6 * half), tuple(centre + 0.6 * half), sh_degree=0,

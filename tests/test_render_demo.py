@@ -1,5 +1,5 @@
-"""Done-criteria of rendering on the trained demo subject (needs ``results/demo`` after ``snakemake --cores all``,
-i.e. train_fine's model/fine.pt; skipped without it).
+"""Done-criteria of rendering on the trained demo subject (tests/conftest.py ``trained_demo``: the README's main
+command, cpu preset).
 
 * a driven render of resources/demo/drive.wav lasts as long as the audio ± 40 ms, has an audio stream, and its
   mouth aperture (face mesh on the video) follows the aperture the demo generator derives from that audio;
@@ -9,9 +9,7 @@ i.e. train_fine's model/fine.pt; skipped without it).
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,9 +24,7 @@ from pipeline.parsing import BACKGROUND, load_labels
 from pipeline.paths import SubjectPaths
 from pipeline.render import RenderConfig, Scene, load_model
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO = SubjectPaths(Path(os.environ.get("PIPELINE_TRAINED_DEMO", REPO / "results" / "demo")))
-pytestmark = pytest.mark.skipif(not DEMO.fine_pt.is_file(), reason=f"{DEMO.fine_pt}: no trained demo subject")
+pytestmark = pytest.mark.slow
 
 
 def drive_openness(cfg: DemoConfig) -> np.ndarray:
@@ -38,12 +34,13 @@ def drive_openness(cfg: DemoConfig) -> np.ndarray:
     return frame_openness(env, drive_cfg)
 
 
-def test_driven_demo_render_lip_syncs_with_the_generator_aperture(tmp_path):
+def test_driven_demo_render_lip_syncs_with_the_generator_aperture(trained_demo, tmp_path):
     from pipeline import render
 
-    drive = REPO / "resources" / "demo" / "drive.wav"
+    demo = SubjectPaths(trained_demo)
+    drive = trained_demo.parents[1] / "resources" / "demo" / "drive.wav"
     out = tmp_path / "drive.mp4"
-    assert render.main(["--subject-dir", str(DEMO.root), "--audio", str(drive), "--out", str(out)]) == 0
+    assert render.main(["--subject-dir", str(demo.root), "--audio", str(drive), "--out", str(out)]) == 0
     info = probe(out)
     duration = len(decode_audio(drive)) / 16000
     assert info.has_audio and abs(info.duration - duration) <= 0.04
@@ -55,13 +52,14 @@ def test_driven_demo_render_lip_syncs_with_the_generator_aperture(tmp_path):
     assert np.corrcoef(mouth[:n][found], truth[:n][found])[0, 1] >= 0.85
 
 
-def test_no_plate_between_head_and_torso_on_the_test_split():
+def test_no_plate_between_head_and_torso_on_the_test_split(trained_demo):
+    demo = SubjectPaths(trained_demo)
     device = torch.device("cpu")
-    model = load_model(DEMO.fine_pt, device)
-    scene = Scene(DEMO, None, device)
-    features = torch.from_numpy(np.load(DEMO.audio_features(model.extractor)))
+    model = load_model(demo.fine_pt, device)
+    scene = Scene(demo, None, device)
+    features = torch.from_numpy(np.load(demo.audio_features(model.extractor)))
     codes = model.audio_codes(features)
-    maps = list_frames(DEMO.parsing, ext="png")
+    maps = list_frames(demo.parsing, ext="png")
     seam = RenderConfig().seam
     leaked = person = 0
     with torch.inference_mode():

@@ -39,10 +39,14 @@ def _rules(jobs):
     return sorted({rule for rule, _ in jobs})
 
 
+# what depends on the audio features: the fine model and everything made from it
+AUDIO_AND_DOWNSTREAM = sorted(["extract_audio_features", "extract_drive_features", "train_fine", "render",
+                               "render_test", "evaluate", "report_pages"])
+
+
 def test_forced_rule_reruns_it_and_downstream_only(finished):
     work, snakefile = finished
-    assert _rules(planned_jobs(work, "-R", "extract_audio_features", snakefile=snakefile)) == [
-        "extract_audio_features", "extract_drive_features"]
+    assert _rules(planned_jobs(work, "-R", "extract_audio_features", snakefile=snakefile)) == AUDIO_AND_DOWNSTREAM
     rules = _rules(planned_jobs(work, "-R", "prepare_video", snakefile=snakefile))
     assert "prepare_video" in rules and "extract_audio_features" in rules
     assert "make_demo" not in rules
@@ -58,14 +62,16 @@ def _rules_with_extra_config(finished, name: str, text: str) -> list[str]:
 
 def test_config_value_reruns_only_its_readers(finished):
     rules = _rules_with_extra_config(finished, "more.yaml", "audio: {n_mels: 40}\n")
-    assert rules == ["extract_audio_features", "extract_drive_features"]
+    assert rules == AUDIO_AND_DOWNSTREAM
+    rules = _rules_with_extra_config(finished, "fine.yaml", "fine: {lambda_mask: 0.2}\n")
+    assert rules == ["evaluate", "render", "render_test", "report_pages", "train_fine"]
 
 
 def test_editing_a_module_reruns_its_stage(finished):
     work, snakefile = finished
     module = snakefile.parent / "pipeline" / "audio.py"
     module.write_text(module.read_text() + "\n# an edit\n")
-    assert _rules(planned_jobs(work, snakefile=snakefile)) == ["extract_audio_features", "extract_drive_features"]
+    assert _rules(planned_jobs(work, snakefile=snakefile)) == AUDIO_AND_DOWNSTREAM
 
 
 def test_killed_job_leaves_no_complete_looking_artefact(demo_short, tmp_path):
@@ -139,7 +145,7 @@ def test_killed_training_job_resumes_from_its_checkpoint(finished, tmp_path, sta
     assert iterations == list(range(25, 401, 25))  # every row once: the log lives in the checkpoint
 
 
-def test_switching_extractor_reruns_only_the_audio_features(finished):
+def test_switching_extractor_reruns_the_audio_features_and_what_is_made_from_them(finished):
     rules = _rules_with_extra_config(finished, "extractor.yaml",
                                      "audio: {extractor: wav2vec2, model_path: /models/w2v}\n")
-    assert rules == ["extract_audio_features", "extract_drive_features"]
+    assert rules == AUDIO_AND_DOWNSTREAM

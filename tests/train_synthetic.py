@@ -14,15 +14,21 @@ from pipeline.tracking import synthetic_track, train_test_split
 from pipeline.train import head_box
 
 
-def make_synthetic_subject(root: Path, frames: int = 22, size: int = 64, gaussians: int = 150, seed: int = 0
-                           ) -> dict[str, Path]:
-    """Write head/, background.png and cameras.json under ``root``; return their paths."""
-    _, truth = synthetic_track(frames, size=size, focal=2.2 * size, seed=seed)
-    shape = truth["shape"]
+def synthetic_cameras(frames: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A tracked synthetic face: (landmarks [N,478,3] px, canonical shape [478,3], world-to-camera [N,4,4],
+    K [3,3])."""
+    landmarks, truth = synthetic_track(frames, size=size, focal=2.2 * size, noise_px=0.0, seed=seed)
     w2c = np.tile(np.eye(4), (frames, 1, 1))
     w2c[:, :3, :3] = truth["rotations"]
     w2c[:, :3, 3] = truth["translations"]
     K = np.array([[2.2 * size, 0, size / 2], [0, 2.2 * size, size / 2], [0, 0, 1.0]])
+    return landmarks, truth["shape"], w2c, K
+
+
+def make_synthetic_subject(root: Path, frames: int = 22, size: int = 64, gaussians: int = 150, seed: int = 0
+                           ) -> dict[str, Path]:
+    """Write head/, background.png and cameras.json under ``root``; return their paths."""
+    _, shape, w2c, K = synthetic_cameras(frames, size, seed)
 
     lo, hi = head_box(shape)
     centre, half = (lo + hi) / 2, (hi - lo) / 2

@@ -17,7 +17,8 @@ RENDER_INPUTS = dict(
 
 rule render:
     wildcard_constraints:
-        audio_id=r"(?!test$)[A-Za-z0-9][A-Za-z0-9_.-]*",  # renders/test.mp4 is render_test's
+        # renders/test.mp4 is render_test's (the lookahead sees the rest of the path, hence the extension)
+        audio_id=r"(?!test\.mp4$)[A-Za-z0-9][A-Za-z0-9_.-]*",
     input:
         **RENDER_INPUTS,
         features=P.drive_features("{audio_id}", config["audio"]["extractor"]),
