@@ -188,13 +188,17 @@ class AudioPlaneDeformer(nn.Module):
         offsets = torch.arange(-r, r + 1, device=frames.device)
         return (frames[:, None] + offsets).clamp(0, count - 1)
 
+    def code(self, windows: Tensor) -> Tensor:
+        """Windows of B frames and their neighbours [B, 2r+1, W, C] -> smoothed audio codes [B, A]."""
+        raw = self.encoder(windows.reshape(-1, *windows.shape[2:]).float()).view(*windows.shape[:2], -1)
+        return self.norm(self.attention(raw))
+
     def codes(self, features: Tensor, frames: Tensor, chunk: int = 256) -> Tensor:
         """Smoothed audio codes [B, A] of ``frames`` [B] of a clip's features [T, W, C]."""
         out = []
         for start in range(0, len(frames), chunk):
             idx = self.neighbour_indices(frames[start:start + chunk], features.shape[0])  # [b, 2r+1]
-            raw = self.encoder(features[idx.reshape(-1)].float()).view(*idx.shape, -1)
-            out.append(self.norm(self.attention(raw)))
+            out.append(self.code(features[idx]))
         return torch.cat(out)
 
     def forward(self, means: Tensor, code: Tensor, blink: float | Tensor | None = None) -> tuple[Tensor, Tensor]:

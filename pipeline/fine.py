@@ -15,7 +15,7 @@ Honest split: training frames whose audio input (window and temporal attention) 
 split are never trained on (:func:`pipeline.split.audio_safe_train_frames`).
 
 Artefacts: ``model/fine.pt`` (``head``: :meth:`TalkingHead.state`; ``config``; ``train_size``;
-``iterations``; ``test``: PSNR and mouth-mask PSNR of the test split), ``model/train_log.csv``,
+``iterations``; ``test``: PSNR, mouth-mask PSNR and dynamism IoU of the test split), ``model/train_log.csv``,
 ``qc/fine.png`` (test frames: target | render | 4x error | splatted d over the mouth mask).
 Resume: see :mod:`pipeline.checkpoint`.
 """
@@ -144,7 +144,13 @@ class FineData:
         return len(self.views)
 
     def feature_tensor(self) -> Tensor:
+        """All audio features [N, W, C] (for evaluation; training reads :meth:`windows`)."""
         return torch.from_numpy(np.array(self.features, dtype=np.float32)).to(self.views.device)
+
+    def windows(self, frames: Tensor) -> Tensor:
+        """Features of the given frame indices (any shape), read from the memory map: [..., W, C]."""
+        rows = np.asarray(self.features[frames.reshape(-1).cpu().numpy()], dtype=np.float32)
+        return torch.from_numpy(rows).to(self.views.device).view(*frames.shape, *rows.shape[1:])
 
     def mask(self, index: int) -> Tensor:
         return torch.from_numpy(np.array(self.masks.pixels(index))).to(self.views.device, torch.float32) / 255
@@ -221,13 +227,12 @@ class FineStep:
     losses: dict[str, Tensor]
 
 
-def fine_step(gaussians: GaussianModel, deformer: AudioPlaneDeformer, data: FineData, features: Tensor, frame: int,
-              config: FineConfig, sh_degree: int, backend: str, perceptual: Callable[[Tensor, Tensor], Tensor]
-              ) -> FineStep:
+def fine_step(gaussians: GaussianModel, deformer: AudioPlaneDeformer, data: FineData, frame: int, config: FineConfig,
+              sh_degree: int, backend: str, perceptual: Callable[[Tensor, Tensor], Tensor]) -> FineStep:
     """Deform for ``frame``'s audio and compute the fine loss (see the module docstring); ``perceptual`` is
     :func:`pipeline.losses.perceptual_loss` of ``config.perceptual``."""
     views = data.views
-    code = deformer.codes(features, torch.tensor([frame], device=features.device))[0]
+    code = deformer.code(data.windows(deformer.neighbour_indices(torch.tensor([frame]), len(data))))[0]
     delta, d = deformer(gaussians.means, code, float(data.blink[frame]))
     moved = deform(gaussians, delta, d, config.model)
     raster = render_deformed(moved, views.viewmat(frame), views.K, views.width, views.height, sh_degree, backend)
@@ -322,7 +327,6 @@ def train_fine(data: FineData, coarse: dict[str, Any], config: FineConfig, check
                                "generator": generator.get_state(), "log": rows,
                                "seconds": elapsed + time.perf_counter() - t0})
 
-    features = data.feature_tensor()
     perceptual = perceptual_loss(config.perceptual, device)
     pool = torch.tensor(frames)
     t0 = time.perf_counter()
@@ -334,7 +338,7 @@ def train_fine(data: FineData, coarse: dict[str, Any], config: FineConfig, check
             group["lr"] = group["base"] * decay
         g_optimizer.param_groups[0]["lr"] = rates.means * scene_scale * decay
         frame = int(pool[torch.randint(len(pool), (1,), generator=generator)])
-        step = fine_step(gaussians, deformer, data, features, frame, config, sh_degree, backend, perceptual)
+        step = fine_step(gaussians, deformer, data, frame, config, sh_degree, backend, perceptual)
         step.raster.means2d.retain_grad()
         step.losses["loss"].backward()
         if it <= config.densify.stop:
@@ -371,13 +375,14 @@ def coarse_rates(coarse: dict[str, Any]) -> LearningRates:
 @torch.no_grad()
 def evaluate_fine(head: TalkingHead, data: FineData, frames: Sequence[int], backend: str = "auto",
                   features: Tensor | None = None) -> dict[str, Any]:
-    """Test PSNR and mouth-mask PSNR (dB, training size) over ``frames``, with renders for the QC sheet.
+    """Test PSNR, mouth-mask PSNR (dB, training size) and the IoU of the splatted dynamism (> 0.5) with the
+    mouth mask over ``frames``, with renders for the QC sheet.
 
     ``features`` [N, W, C] replaces the clip's own (e.g. shuffled audio)."""
     views = data.views
     features = data.feature_tensor() if features is None else features
     codes = head.deformer.codes(features, torch.tensor(list(frames)))
-    scores, mouth_scores, tiles = [], [], []
+    scores, mouth_scores, ious, tiles = [], [], [], []
     for code, frame in zip(codes, frames):
         rgb, alpha = head.render(code, views.viewmat(frame), views.K, views.width, views.height,
                                  float(data.blink[frame]), backend)
@@ -391,9 +396,11 @@ def evaluate_fine(head: TalkingHead, data: FineData, frames: Sequence[int], back
         moved = moved.activated()
         splat = render_dynamism(moved.means, moved.quats, moved.scales, moved.opacities, d, views.viewmat(frame),
                                 views.K, views.width, views.height, backend)
+        if mask.any():
+            ious.append(float(((splat > 0.5) & mask).sum() / ((splat > 0.5) | mask).sum()))
         tiles.append((views.pixels(frame), _uint8(image), _dynamism_tile(splat, data.mask(frame))))
     return {"psnr": float(np.mean(scores)), "mouth_psnr": float(np.mean(mouth_scores)) if mouth_scores else None,
-            "tiles": tiles}
+            "dynamism_iou": float(np.mean(ious)) if ious else None, "tiles": tiles}
 
 
 def _uint8(image: Tensor) -> np.ndarray:

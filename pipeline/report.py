@@ -1,7 +1,7 @@
 """Report pages for ``snakemake --report report.html``: plotted curves and the renders page.
 
-* ``report/losses.png``: every numeric column but wall-clock seconds of the training logs (coarse ``gaussians/train_log.csv`` and
-  fine ``train_log.csv``) against the iteration, one panel per column;
+* ``report/losses.png``: every numeric column but wall-clock seconds of the training logs (coarse
+  ``gaussians/train_log.csv`` and fine ``model/train_log.csv``) against the iteration, one panel per column;
 * ``report/poses.png``: head pose curves from ``cameras.json`` (roll, pitch, yaw in degrees, translation in
   cm), the test split shaded;
 * ``report/renders.html``: the metrics table of ``eval/metrics.json`` and every rendered video playing inline.

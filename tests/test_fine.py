@@ -78,6 +78,8 @@ def test_audio_drives_the_mouth_on_unseen_frames(subject):
     static_psnr = mouth_psnr(TalkingHead(untrained.gaussians, untrained.deformer, "synthetic", {}, 0), data)
     assert true_psnr > shuffled_psnr + 1.5, (true_psnr, shuffled_psnr)
     assert true_psnr > static_psnr + 2.0, (true_psnr, static_psnr)
+    iou = fine.evaluate_fine(head, data, data.views.cameras.test, "torch")["dynamism_iou"]
+    assert iou > 0.3, iou  # dynamic splatting: d is high where the mouth mask is
     losses = [row["loss"] for row in result.log_rows]
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:3])
 
@@ -91,8 +93,8 @@ def test_mask_loss_trains_dynamism_not_geometry(subject):
     model_config = replace(config.model, audio_channels=data.features.shape[2], window=data.features.shape[1])
     deformer = AudioPlaneDeformer(model_config, torch.tensor(coarse["head_box"], dtype=torch.float32))
     gaussians = fine.GaussianModel(**coarse["model"])
-    step = fine.fine_step(gaussians, deformer, data, data.feature_tensor(), 5, replace(config, model=model_config),
-                          0, "torch", perceptual_loss("dssim"))
+    step = fine.fine_step(gaussians, deformer, data, 5, replace(config, model=model_config), 0, "torch",
+                          perceptual_loss("dssim"))
     mask_loss = step.losses["mask"]
     assert mask_loss > 0
     delta_grad, dyn_grad = torch.autograd.grad(mask_loss, [deformer.delta[-1].weight, deformer.dynamism[-1].weight],
@@ -109,9 +111,9 @@ def test_training_never_sees_test_audio(subject, monkeypatch):
     seen = []
     original = fine.fine_step
 
-    def spy(gaussians, deformer, data, features, frame, *args):
+    def spy(gaussians, deformer, data, frame, *args):
         seen.append(frame)
-        return original(gaussians, deformer, data, features, frame, *args)
+        return original(gaussians, deformer, data, frame, *args)
 
     monkeypatch.setattr(fine, "fine_step", spy)
     config = small_config(iterations=60)
