@@ -48,7 +48,7 @@ rule train_fine:
         blink=P.blink,
         features=P.audio_features(config["audio"]["extractor"]),
         stats=P.audio_stats(config["audio"]["extractor"]),
-        code=code("fine", "audioplane", "train", "dataset", "losses", "checkpoint", "split", "gaussians/*"),
+        code=code("fine", "audioplane", "train", "dataset", "losses", "lpips", "checkpoint", "split", "gaussians/*"),
     output:
         model=P.fine_pt,
         train_log=P.fine_log,
