@@ -46,7 +46,7 @@ def main() -> None:
     subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(args.workdir),
                     "--report", str(report)], check=True)
     text = report.read_text()
-    pages = [base64.b64decode(m) for m in re.findall(r"data:text/html;(?:charset=[^;]+;)?base64,([A-Za-z0-9+/=]+)",
+    pages = [base64.b64decode(m) for m in re.findall(r"data:text/html;(?:[^;,]+;)*base64,([A-Za-z0-9+/=]+)",
                                                       text)]
     renders = [page for page in pages if b"<video" in page]
     if not renders or not all(b"data:video/mp4;base64," in page for page in renders):
