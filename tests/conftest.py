@@ -93,22 +93,3 @@ def make_clip(tmp_path_factory):
 
     return make
 
-
-@pytest.fixture(scope="session")
-def trained_demo(tmp_path_factory) -> Path:
-    """The README's main command in a scratch directory: the demo subject generated, preprocessed, trained with
-    the cpu preset (coarse + fine), rendered (its drive and test split) and evaluated through the workflow.
-    Returns the subject's results directory. ``PIPELINE_TRAINED_DEMO`` names one to reuse instead."""
-    import os
-    import sys
-
-    reuse = os.environ.get("PIPELINE_TRAINED_DEMO")
-    if reuse:
-        return Path(reuse)
-    work = tmp_path_factory.mktemp("trained_demo")
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work), "--cores", "2",
-           "--configfile", str(REPO / "config" / "config.yaml"), "--config", "preset=cpu",
-           f"subjects={REPO / 'config' / 'subjects.tsv'}", f"drives={REPO / 'config' / 'drives.tsv'}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return work / "results" / "demo"
