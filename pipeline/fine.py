@@ -45,7 +45,7 @@ from pipeline.dataset import Cameras, FrameStore, HeadViews, training_size
 from pipeline.gaussians import GaussianModel, gaussians_from_points, rasterize
 from pipeline.gaussians.densify import DensifyConfig, Densifier
 from pipeline.io import PipelineError, evenly_spaced, list_frames, save_image
-from pipeline.losses import PERCEPTUAL, l1, perceptual_loss, psnr
+from pipeline.losses import check_perceptual, l1, perceptual_loss, psnr
 from pipeline.split import audio_safe_train_frames
 from pipeline.train import LearningRates, make_optimizer, optimizer_step, pick_device, qc_sheet, write_log_csv
 
@@ -90,9 +90,7 @@ class FineConfig:
         model = AudioPlaneConfig.from_dict(data.pop("model", {}))
         densify = replace(base.densify, **data.pop("densify", {}))
         config = replace(base, **data, model=model, densify=densify)
-        if config.perceptual not in PERCEPTUAL:
-            raise PipelineError(f"fine settings: perceptual must be one of {', '.join(PERCEPTUAL)}, "
-                                f"got {config.perceptual!r}")
+        check_perceptual(config.perceptual, "fine")
         return config
 
     @property

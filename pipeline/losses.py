@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pipeline.io import PipelineError
+
 from pipeline.lpips import load_lpips
 
 
@@ -68,6 +70,12 @@ def psnr(pred: Tensor, target: Tensor) -> Tensor:
 
 
 PERCEPTUAL = ("lpips", "dssim")
+
+
+def check_perceptual(kind: str, section: str) -> None:
+    """PipelineError naming the config ``section`` when ``kind`` is no perceptual loss of :data:`PERCEPTUAL`."""
+    if kind not in PERCEPTUAL:
+        raise PipelineError(f"{section} settings: perceptual must be one of {', '.join(PERCEPTUAL)}, got {kind!r}")
 
 
 def perceptual_loss(kind: str, device: str | torch.device = "cpu") -> Callable[[Tensor, Tensor], Tensor]:

@@ -38,7 +38,7 @@ from pipeline.dataset import Cameras, HeadViews
 from pipeline.gaussians import GaussianModel, gaussians_from_points, random_gaussians, rasterize
 from pipeline.gaussians.densify import DensifyConfig, Densifier
 from pipeline.io import PipelineError, atomic_path, evenly_spaced, save_image
-from pipeline.losses import PERCEPTUAL, l1, perceptual_loss, psnr
+from pipeline.losses import check_perceptual, l1, perceptual_loss, psnr
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +91,7 @@ class CoarseConfig:
         config = replace(base, **data, lr=lr, densify=densify)
         if config.init not in ("random", "landmarks"):
             raise PipelineError(f"coarse settings: init must be 'random' or 'landmarks', got {config.init!r}")
-        if config.perceptual not in PERCEPTUAL:
-            raise PipelineError(f"coarse settings: perceptual must be one of {', '.join(PERCEPTUAL)}, "
-                                f"got {config.perceptual!r}")
+        check_perceptual(config.perceptual, "coarse")
         return config
 
     @property
