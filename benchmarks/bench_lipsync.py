@@ -29,11 +29,7 @@ from pipeline.dataset import Cameras, FrameStore, HeadViews  # noqa: E402
 from pipeline.gaussians import GaussianModel  # noqa: E402
 from pipeline.io import list_frames  # noqa: E402
 from pipeline.paths import SubjectPaths  # noqa: E402
-from pipeline.train import render_view  # noqa: E402
-
-
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    return (image.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+from pipeline.train import render_view, to_uint8  # noqa: E402
 
 
 def fine_renders(head: TalkingHead, views: HeadViews, features: torch.Tensor, frames: list[int],

@@ -39,6 +39,7 @@ from torch import Tensor
 
 from pipeline import cli
 from pipeline import landmarks as lmk
+from pipeline.audio import AudioStats
 from pipeline.audioplane import AudioPlaneConfig, AudioPlaneDeformer, TalkingHead, deform, render_deformed
 from pipeline.checkpoint import Checkpointer, StopFlag, end_of_iteration, fingerprint, save_torch
 from pipeline.dataset import Cameras, FrameStore, HeadViews, training_size
@@ -47,7 +48,8 @@ from pipeline.gaussians.densify import DensifyConfig, Densifier
 from pipeline.io import PipelineError, evenly_spaced, list_frames, save_image
 from pipeline.losses import check_perceptual, l1, perceptual_loss, psnr
 from pipeline.split import audio_safe_train_frames
-from pipeline.train import LearningRates, make_optimizer, optimizer_step, pick_device, qc_sheet, write_log_csv
+from pipeline.train import (LearningRates, make_optimizer, optimizer_step, pick_device, qc_sheet,
+                            render_view, to_uint8, write_log_csv)
 
 log = logging.getLogger(__name__)
 
@@ -382,32 +384,26 @@ def evaluate_fine(head: TalkingHead, data: FineData, frames: Sequence[int], back
     codes = head.deformer.codes(features, torch.tensor(list(frames)))
     scores, mouth_scores, ious, tiles = [], [], [], []
     for code, frame in zip(codes, frames):
-        rgb, alpha = head.render(code, views.viewmat(frame), views.K, views.width, views.height,
-                                 float(data.blink[frame]), backend)
-        image = (rgb + views.background * (1 - alpha)).clamp(0, 1)
-        target, mask = views.image(frame), data.mask(frame) > 0.5
+        moved, d = head.deformed(code, float(data.blink[frame]))  # once per frame: the render and the splat
+        image = render_view(moved, views, frame, head.sh_degree, backend)[0].clamp(0, 1)
+        target, soft_mask = views.image(frame), data.mask(frame)
+        mask = soft_mask > 0.5
         scores.append(float(psnr(image, target)))
+        g = moved.activated()
+        splat = render_dynamism(g.means, g.quats, g.scales, g.opacities, d, views.viewmat(frame), views.K,
+                                views.width, views.height, backend)
         if mask.any():
             mse = (image[mask] - target[mask]).square().mean().clamp_min(1e-12)
             mouth_scores.append(float(-10 * torch.log10(mse)))
-        moved, d = head.deformed(code, float(data.blink[frame]))
-        moved = moved.activated()
-        splat = render_dynamism(moved.means, moved.quats, moved.scales, moved.opacities, d, views.viewmat(frame),
-                                views.K, views.width, views.height, backend)
-        if mask.any():
             ious.append(float(((splat > 0.5) & mask).sum() / ((splat > 0.5) | mask).sum()))
-        tiles.append((views.pixels(frame), _uint8(image), _dynamism_tile(splat, data.mask(frame))))
+        tiles.append((views.pixels(frame), to_uint8(image), _dynamism_tile(splat, soft_mask)))
     return {"psnr": float(np.mean(scores)), "mouth_psnr": float(np.mean(mouth_scores)) if mouth_scores else None,
             "dynamism_iou": float(np.mean(ious)) if ious else None, "tiles": tiles}
 
 
-def _uint8(image: Tensor) -> np.ndarray:
-    return (image.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
-
-
 def _dynamism_tile(splat: Tensor, mask: Tensor) -> np.ndarray:
     """Splatted d in red and green, the mouth mask in blue: where they agree the tile is magenta-white."""
-    return _uint8(torch.stack([splat, splat, mask], dim=-1))
+    return to_uint8(torch.stack([splat, splat, mask], dim=-1))
 
 
 def qc_fine(tiles: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
@@ -422,9 +418,9 @@ def save_fine(path: str | Path, head: TalkingHead, config: FineConfig, views: He
 
 
 def read_stats(path: str | Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return {"mean": data["mean"].astype(np.float32), "std": data["std"].astype(np.float32),
-                "config": str(data["config"])}
+    """The subject's audio normalisation (:class:`pipeline.audio.AudioStats`) as fine.pt stores it."""
+    stats = AudioStats.load(path)
+    return {"mean": stats.mean, "std": stats.std, "config": json.dumps(stats.describe())}
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -270,11 +270,12 @@ def evaluate_views(model: GaussianModel, views: HeadViews, frames: Sequence[int]
         image, _ = render_view(model, views, frame, model.sh_degree, backend)
         target = views.image(frame)
         scores.append(float(psnr(image.clamp(0, 1), target)))
-        pairs.append((views.pixels(frame), _to_uint8(image)))
+        pairs.append((views.pixels(frame), to_uint8(image)))
     return float(np.mean(scores)) if scores else float("nan"), pairs
 
 
-def _to_uint8(image: Tensor) -> np.ndarray:
+def to_uint8(image: Tensor) -> np.ndarray:
+    """Float image in [0, 1] -> uint8, rounded."""
     return (image.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
 
 

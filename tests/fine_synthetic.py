@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from pipeline.gaussians import GaussianModel, random_gaussians, rasterize
-from pipeline.io import save_image, save_json, save_npy, save_npz
+from pipeline.audio import AudioStats
+from pipeline.io import save_image, save_json, save_npy
 from pipeline.paths import frame_name
 from pipeline.split import train_test_split
 from pipeline.train import LearningRates, head_box
@@ -85,8 +86,8 @@ def make_fine_subject(root: Path, frames: int = 66, size: int = 48, seed: int = 
     save_npy(root / "landmarks.npy", landmarks)
     save_npy(root / "blink.npy", np.ones(frames, np.float32))
     save_npy(root / "features.npy", features_from_signal(signal, seed))
-    save_npz(root / "stats.npz", mean=np.zeros(CHANNELS, np.float32), std=np.ones(CHANNELS, np.float32),
-             config=np.array("{}"))
+    AudioStats(np.zeros(CHANNELS, np.float32), np.ones(CHANNELS, np.float32), "mel", WINDOW, 25.0, 16000
+               ).save(root / "stats.npz")
     coarse = {"model": {k: t.detach() for k, t in static.tensors().items()},
               "config": {"sh_degree": 0, "lr": vars(LearningRates())}, "head_box": np.stack([lo, hi]),
               "scene_scale": float(np.linalg.norm(hi - lo) / 2)}
