@@ -51,6 +51,8 @@ class AudioPlaneConfig:
     deform_color: bool = True  # ΔG also shifts the base colour (a mouth interior can darken)
     deform_opacity: bool = True  # ... and opacity (teeth and tongue can appear)
     blink: bool = True  # the decoders see the frame's eye openness
+    decoder_audio: bool = True  # D1 also sees the audio code itself, beside f(x, a) (False: the paper's D1)
+    shape_outputs: int = 3  # the mouth-shape readout of the code (aperture, width, chin drop; training only)
     position_scale: float = 0.01  # metres per unit of the position offset
 
     def __post_init__(self) -> None:
@@ -174,8 +176,11 @@ class AudioPlaneDeformer(nn.Module):
         self.attention = TemporalAttention(config.audio_dim, 2 * config.temporal_radius + 1)
         # unit-scale codes: a large q saturates the prototype softmax, and then no gradient reaches the audio
         self.norm = nn.LayerNorm(config.audio_dim)
+        # a linear readout of the mouth shape from the code: its loss keeps the code about the mouth on real
+        # footage, where the image loss alone lets the code collapse to a constant
+        self.mouth_shape = nn.Linear(config.audio_dim, config.shape_outputs)
         self.plane = AudioPlane(config)
-        width = self.plane.out_dim + config.blink
+        width = self.plane.out_dim + config.decoder_audio * config.audio_dim + config.blink
         self.delta = nn.Sequential(nn.Linear(width, config.hidden), nn.ReLU(), nn.Linear(config.hidden, config.hidden),
                                    nn.ReLU(), nn.Linear(config.hidden, config.delta_channels))
         self.dynamism = nn.Sequential(nn.Linear(self.plane.out_dim, 32), nn.ReLU(), nn.Linear(32, 1))
@@ -206,10 +211,13 @@ class AudioPlaneDeformer(nn.Module):
         x = (2 * (means - lo) / (hi - lo) - 1).clamp(-1, 1)
         f = self.plane(x, code)
         d = torch.sigmoid(self.dynamism(f))[:, 0]
+        inputs = [f]
+        if self.config.decoder_audio:
+            inputs.append(code.expand(f.shape[0], -1))
         if self.config.blink:
             b = torch.as_tensor(1.0 if blink is None else blink, dtype=f.dtype, device=f.device)
-            f = torch.cat([f, b.expand(f.shape[0], 1)], dim=1)
-        return self.delta(f), d
+            inputs.append(b.expand(f.shape[0], 1))
+        return self.delta(torch.cat(inputs, dim=1)), d
 
 
 def deform(gaussians: GaussianModel, delta: Tensor, d: Tensor, config: AudioPlaneConfig) -> GaussianModel:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -72,15 +73,18 @@ class FrameStore:
     """The frames of one directory at a fixed size, decoded lazily and kept as uint8 up to ``cache_mb``.
 
     ``files`` hold images of ``source_size`` (W, H); ``pixels(i)`` is frame i resized (box filter) to
-    ``size``, RGB [H,W,3] or, with ``grey``, one channel [H,W].
+    ``size``, RGB [H,W,3] or, with ``grey``, one channel [H,W]. ``transform`` (uint8 [H,W] -> uint8 [H,W])
+    maps a grey image before the resize, e.g. a label map to a mask (labels must not be averaged).
     """
 
     def __init__(self, files: list[Path], source_size: tuple[int, int], size: tuple[int, int],
-                 grey: bool = False, cache_mb: int = 2048):
+                 grey: bool = False, cache_mb: int = 2048,
+                 transform: Callable[[np.ndarray], np.ndarray] | None = None):
         self.files = files
         self.source_size = source_size
         self.size = size
         self.grey = grey
+        self.transform = transform
         self._cache: dict[int, np.ndarray] = {}
         self._cache_limit = max(0, cache_mb * 2**20 // (size[0] * size[1] * (1 if grey else 3)))
 
@@ -95,6 +99,8 @@ class FrameStore:
         width, height = self.source_size
         if image.shape[:2] != (height, width):
             raise PipelineError(f"{path}: {image.shape[1]}x{image.shape[0]} pixels, cameras.json says {width}x{height}")
+        if self.transform is not None:
+            image = self.transform(image)
         if self.size != self.source_size:
             image = np.asarray(Image.fromarray(image).resize(self.size, Image.Resampling.BOX))
         return image

@@ -7,6 +7,13 @@ code, the deformer moves the canonical Gaussians (G' = G + d ΔG), and three ren
   dilated mouth mask m: mean(max(0, |m - g| - margin)), weight ``lambda_mask``;
 - the mouth (and chin) box at ``mouth_resolution``, where a lip gap is several pixels wide even when the
   training size makes it one: L1 + λ·perceptual, weight ``lambda_mouth``.
+The rendered alpha is held to the head mask of the frame's parsing (L1, weight ``lambda_alpha``): the head
+target is composited over the plate it is rendered over, so without it the head keeps holes (mostly in the
+hair) where the plate then shows through the composite.
+Beside the renders, a linear readout of the audio code predicts the mouth shape the face mesh measured on
+the frame (aperture, width, chin drop; z-scored over the training frames), MSE over ``shape_batch`` random
+training frames, weight ``lambda_shape``. On real footage the image loss alone lets the code collapse to a
+constant (the mouth then ignores the audio); this term keeps the code about the mouth.
 The perceptual term is LPIPS (weight 0.05, the paper's) or D-SSIM (0.2). The canonical Gaussians keep
 training at ``gaussian_lr_scale`` times the coarse rates, with 3DGS densification; ``mouth_seed`` extra
 faint Gaussians behind the lips give the mouth interior something to show when it opens.
@@ -41,6 +48,7 @@ from pipeline import cli
 from pipeline import landmarks as lmk
 from pipeline.audio import AudioStats
 from pipeline.audioplane import AudioPlaneConfig, AudioPlaneDeformer, TalkingHead, deform, render_deformed
+from pipeline.background import head_mask
 from pipeline.checkpoint import Checkpointer, StopFlag, end_of_iteration, fingerprint, save_torch
 from pipeline.dataset import Cameras, FrameStore, HeadViews, training_size
 from pipeline.gaussians import GaussianModel, gaussians_from_points, rasterize
@@ -53,7 +61,8 @@ from pipeline.train import (LearningRates, make_optimizer, optimizer_step, pick_
 
 log = logging.getLogger(__name__)
 
-LOG_COLUMNS = ("iteration", "loss", "l1", "perceptual", "mask", "mouth", "psnr", "gaussians", "seconds")
+LOSS_COLUMNS = ("loss", "l1", "perceptual", "mask", "mouth", "alpha", "shape")
+LOG_COLUMNS = ("iteration", *LOSS_COLUMNS, "psnr", "gaussians", "seconds")
 
 
 @dataclass
@@ -69,6 +78,9 @@ class FineConfig:
     lambda_mask: float = 0.1
     mask_margin: float = 0.2
     lambda_mouth: float = 1.0
+    lambda_alpha: float = 0.1  # rendered alpha vs the parsing's head mask (0: off)
+    lambda_shape: float = 1.0  # mouth-shape readout of the audio code (0: off)
+    shape_batch: int = 16  # training frames per iteration for that readout
     dynamic_splatting: bool = True
     mouth_seed: int = 300  # faint Gaussians behind the lips (0: none)
     lr_grids: float = 5e-3  # planes, lines and prototype grids
@@ -118,11 +130,12 @@ def mouth_boxes(landmarks: np.ndarray, size: tuple[int, int], scale: float, size
 
 
 class FineData:
-    """What fine training reads per frame: the head views, the mouth views and boxes, the mouth masks at
-    the training size, the audio features [N, W, C] (memory-mapped) and blink [N]."""
+    """What fine training reads per frame: the head views, the mouth views and boxes, the mouth masks and
+    head masks (from the parsing) at the training size, the audio features [N, W, C] (memory-mapped), blink
+    [N] and the mouth shape [N, 3] the face mesh measured."""
 
-    def __init__(self, views: HeadViews, mouth_views: HeadViews, masks_dir: str | Path, features: str | Path,
-                 blink: str | Path, landmarks: str | Path, config: FineConfig):
+    def __init__(self, views: HeadViews, mouth_views: HeadViews, masks_dir: str | Path, parsing_dir: str | Path,
+                 features: str | Path, blink: str | Path, landmarks: str | Path, config: FineConfig):
         n = len(views)
         self.views, self.mouth_views = views, mouth_views
         mask_files = list_frames(masks_dir, ext="png")
@@ -130,6 +143,11 @@ class FineData:
             raise PipelineError(f"{masks_dir}: {len(mask_files)} mouth masks for {n} frames")
         cams = views.cameras
         self.masks = FrameStore(mask_files, (cams.width, cams.height), (views.width, views.height), grey=True)
+        label_files = list_frames(parsing_dir, ext="png")
+        if len(label_files) != n:
+            raise PipelineError(f"{parsing_dir}: {len(label_files)} parsing maps for {n} frames")
+        self.head_masks = FrameStore(label_files, (cams.width, cams.height), (views.width, views.height),
+                                     grey=True, transform=lambda labels: head_mask(labels).view(np.uint8) * 255)
         self.features = np.load(features, mmap_mode="r")
         if self.features.ndim != 3 or len(self.features) != n:
             raise PipelineError(f"{features}: audio features of shape {self.features.shape}, expected [{n}, W, C]")
@@ -139,6 +157,12 @@ class FineData:
         marks = lmk.load_landmarks(Path(landmarks), n)
         self.boxes = mouth_boxes(marks, (mouth_views.width, mouth_views.height), mouth_views.width / cams.width,
                                  config.mouth_box)
+        shape = lmk.mouth_shape(marks)
+        train = shape[cams.train]  # the test frames' landmarks stay unseen, their statistics too
+        # a floor of 0.1 px: a shape that never changes stays at 0 rather than amplifying landmark jitter
+        spread = np.maximum(train.std(axis=0), 0.1)
+        self.mouth_shape = torch.tensor((shape - train.mean(axis=0)) / spread, dtype=torch.float32,
+                                        device=views.device)
 
     def __len__(self) -> int:
         return len(self.views)
@@ -153,7 +177,12 @@ class FineData:
         return torch.from_numpy(rows).to(self.views.device).view(*frames.shape, *rows.shape[1:])
 
     def mask(self, index: int) -> Tensor:
-        return torch.from_numpy(np.array(self.masks.pixels(index))).to(self.views.device, torch.float32) / 255
+        """The dilated mouth mask [H, W] in [0, 1]."""
+        return _unit(self.masks.pixels(index), self.views.device)
+
+    def head_mask(self, index: int) -> Tensor:
+        """The head's share of each pixel [H, W] in [0, 1] (parsing head labels, box-filtered)."""
+        return _unit(self.head_masks.pixels(index), self.views.device)
 
     def mouth_crop(self, index: int) -> tuple[Tensor, Tensor, Tensor, int]:
         """(target [s,s,3], plate [s,s,3], K [3,3] of the crop camera, s) of the frame's mouth box."""
@@ -165,6 +194,10 @@ class FineData:
         K[0, 2] -= x0
         K[1, 2] -= y0
         return target, plate, K, s
+
+
+def _unit(pixels: np.ndarray, device: torch.device) -> Tensor:
+    return torch.from_numpy(np.array(pixels)).to(device, torch.float32) / 255
 
 
 def mouth_seed_gaussians(canonical: np.ndarray, count: int, sh_degree: int, generator: torch.Generator
@@ -228,9 +261,11 @@ class FineStep:
 
 
 def fine_step(gaussians: GaussianModel, deformer: AudioPlaneDeformer, data: FineData, frame: int, config: FineConfig,
-              sh_degree: int, backend: str, perceptual: Callable[[Tensor, Tensor], Tensor]) -> FineStep:
+              sh_degree: int, backend: str, perceptual: Callable[[Tensor, Tensor], Tensor],
+              shape_frames: Tensor | None = None) -> FineStep:
     """Deform for ``frame``'s audio and compute the fine loss (see the module docstring); ``perceptual`` is
-    :func:`pipeline.losses.perceptual_loss` of ``config.perceptual``."""
+    :func:`pipeline.losses.perceptual_loss` of ``config.perceptual``; ``shape_frames`` [B] the training frames
+    of the mouth-shape readout."""
     views = data.views
     code = deformer.code(data.windows(deformer.neighbour_indices(torch.tensor([frame]), len(data))))[0]
     delta, d = deformer(gaussians.means, code, float(data.blink[frame]))
@@ -240,6 +275,9 @@ def fine_step(gaussians: GaussianModel, deformer: AudioPlaneDeformer, data: Fine
     target = views.image(frame)
     losses = {"l1": l1(image, target), "perceptual": perceptual(image, target)}
     loss = losses["l1"] + config.lambda_perceptual * losses["perceptual"]
+    if config.lambda_alpha > 0:
+        losses["alpha"] = (raster.alpha[0, ..., 0] - data.head_mask(frame)).abs().mean()
+        loss = loss + config.lambda_alpha * losses["alpha"]
     splat = None
     if config.dynamic_splatting:
         g = moved.activated()
@@ -253,6 +291,10 @@ def fine_step(gaussians: GaussianModel, deformer: AudioPlaneDeformer, data: Fine
         mouth_image = mouth.color[0] + plate * (1 - mouth.alpha[0])
         losses["mouth"] = l1(mouth_image, crop) + config.lambda_perceptual * perceptual(mouth_image, crop)
         loss = loss + config.lambda_mouth * losses["mouth"]
+    if config.lambda_shape > 0 and shape_frames is not None:
+        codes = deformer.code(data.windows(deformer.neighbour_indices(shape_frames, len(data))))
+        losses["shape"] = (deformer.mouth_shape(codes) - data.mouth_shape[shape_frames]).square().mean()
+        loss = loss + config.lambda_shape * losses["shape"]
     losses["loss"] = loss
     return FineStep(image=image, target=target, raster=raster, splat=splat, losses=losses)
 
@@ -337,8 +379,9 @@ def train_fine(data: FineData, coarse: dict[str, Any], config: FineConfig, check
         for group in n_optimizer.param_groups:
             group["lr"] = group["base"] * decay
         g_optimizer.param_groups[0]["lr"] = rates.means * scene_scale * decay
-        frame = int(pool[torch.randint(len(pool), (1,), generator=generator)])
-        step = fine_step(gaussians, deformer, data, frame, config, sh_degree, backend, perceptual)
+        picks = pool[torch.randint(len(pool), (1 + config.shape_batch,), generator=generator)]
+        frame = int(picks[0])
+        step = fine_step(gaussians, deformer, data, frame, config, sh_degree, backend, perceptual, picks)
         step.raster.means2d.retain_grad()
         step.losses["loss"].backward()
         if it <= config.densify.stop:
@@ -351,7 +394,7 @@ def train_fine(data: FineData, coarse: dict[str, Any], config: FineConfig, check
 
         if it % config.log_every == 0 or it == config.iterations:
             row = {"iteration": it, **{k: round(float(step.losses[k].detach()), 6) if k in step.losses else 0.0
-                                       for k in ("loss", "l1", "perceptual", "mask", "mouth")},
+                                       for k in LOSS_COLUMNS},
                    "psnr": round(float(psnr(step.image.detach(), step.target)), 4), "gaussians": len(gaussians),
                    "seconds": round(elapsed + time.perf_counter() - t0, 2)}
             rows.append(row)
@@ -430,6 +473,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--background", type=Path, required=True, help="background.png plate")
     p.add_argument("--cameras", type=Path, required=True, help="cameras.json of track_head_pose")
     p.add_argument("--masks", type=Path, required=True, help="mouth_masks/ of dilate_mouth_masks")
+    p.add_argument("--parsing", type=Path, required=True, help="parsing/ label maps of parse_faces (head masks)")
     p.add_argument("--landmarks", type=Path, required=True, help="landmarks.npy (mouth boxes)")
     p.add_argument("--blink", type=Path, required=True, help="blink.npy of split_head_torso")
     p.add_argument("--features", type=Path, required=True, help="audio_features/{extractor}.npy")
@@ -451,7 +495,7 @@ def load_data(args: argparse.Namespace, config: FineConfig, device: torch.device
     views = HeadViews(args.head, cameras, args.background, config.resolution, device)
     mouth_size = training_size(cameras.width, cameras.height, config.mouth_resolution)
     mouth_views = HeadViews(args.head, cameras, args.background, max(mouth_size), device)
-    return FineData(views, mouth_views, args.masks, args.features, args.blink, args.landmarks, config)
+    return FineData(views, mouth_views, args.masks, args.parsing, args.features, args.blink, args.landmarks, config)
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -471,7 +515,7 @@ def _run(args: argparse.Namespace) -> None:
     if args.checkpoint is not None:
         key = fingerprint(asdict(config), files=[args.coarse, args.cameras, args.features, args.blink,
                                                  args.landmarks, args.background],
-                          directories=[args.head, args.masks])
+                          directories=[args.head, args.masks, args.parsing])
         checkpointer = Checkpointer(args.checkpoint, key)
     with StopFlag().installed() as stop:
         result = train_fine(data, coarse, config, checkpointer, stop, backend=args.backend)

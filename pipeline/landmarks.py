@@ -262,6 +262,17 @@ def mouth_aperture(landmarks: np.ndarray) -> np.ndarray:
     return np.linalg.norm(xy[..., upper, :] - xy[..., lower, :], axis=-1).mean(axis=-1)
 
 
+def mouth_width(landmarks: np.ndarray) -> np.ndarray:
+    """Horizontal extent of the outer lip contour, pixels (wide for "ee", narrow for "oo"). [N, 478, 2+] -> [N]."""
+    x = np.asarray(landmarks, dtype=np.float64)[..., list(LIPS_OUTER), 0]
+    return x.max(axis=-1) - x.min(axis=-1)
+
+
+def mouth_shape(landmarks: np.ndarray) -> np.ndarray:
+    """Per-frame mouth shape [N, 3]: aperture, width and chin drop (pixels)."""
+    return np.stack([mouth_aperture(landmarks), mouth_width(landmarks), chin_drop(landmarks)], axis=-1)
+
+
 def chin_drop(landmarks: np.ndarray) -> np.ndarray:
     """Nose tip (1) to chin (152) distance, pixels: grows when the jaw opens. [N, 478, 2+] -> [N]."""
     lm = np.asarray(landmarks, dtype=np.float64)

@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline import landmarks as lmk
 from pipeline.gaussians import GaussianModel, random_gaussians, rasterize
 from pipeline.audio import AudioStats
 from pipeline.io import save_image, save_json, save_npy
+from pipeline.parsing import FACE
 from pipeline.paths import frame_name
 from pipeline.split import train_test_split
 from pipeline.train import LearningRates, head_box
@@ -61,7 +63,7 @@ def make_fine_subject(root: Path, frames: int = 66, size: int = 48, seed: int = 
     plate = np.stack([0.3 + 0.4 * xx, 0.5 + 0.2 * yy, 0.6 - 0.3 * xx * yy], -1)
     background = torch.tensor(plate, dtype=torch.float32)
     K_t = torch.tensor(K, dtype=torch.float32)
-    for sub in ("head", "mouth_masks"):
+    for sub in ("head", "mouth_masks", "parsing"):
         (root / sub).mkdir(exist_ok=True)
     for i in range(frames):
         moved = static.map(lambda t: t.clone())
@@ -78,11 +80,18 @@ def make_fine_subject(root: Path, frames: int = 66, size: int = 48, seed: int = 
         save_image(root / "head" / frame_name(i, "png"), (image.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy())
         mask = (mouth_out.alpha[0, ..., 0] > 0.3).numpy()
         save_image(root / "mouth_masks" / frame_name(i, "png"), (mask * 255).astype(np.uint8))
+        labels = (out.alpha[0, ..., 0] > 0.5).numpy().astype(np.uint8) * FACE
+        save_image(root / "parsing" / frame_name(i, "png"), labels)
     save_image(root / "background.png", (plate * 255 + 0.5).astype(np.uint8))
     train, test = train_test_split(frames)
     save_json(root / "cameras.json", {"width": size, "height": size, "K": K.tolist(), "frame_count": frames,
                                       "world_to_camera": w2c.tolist(), "split": {"train": train, "test": test},
                                       "canonical_landmarks": shape.tolist()})
+    # the face mesh sees the mouth open with the signal: inner-lip pairs 1 + 3·signal px apart
+    for a, b in lmk._APERTURE_PAIRS:
+        upper, lower = lmk.LIPS_INNER[a], lmk.LIPS_INNER[b]
+        landmarks[:, lower, :2] = landmarks[:, upper, :2]
+        landmarks[:, lower, 1] += 1.0 + 3.0 * signal
     save_npy(root / "landmarks.npy", landmarks)
     save_npy(root / "blink.npy", np.ones(frames, np.float32))
     save_npy(root / "features.npy", features_from_signal(signal, seed))
@@ -94,5 +103,6 @@ def make_fine_subject(root: Path, frames: int = 66, size: int = 48, seed: int = 
     torch.save(coarse, root / "coarse.pt")
     np.save(root / "signal.npy", signal)
     return {"coarse": root / "coarse.pt", "head": root / "head", "background": root / "background.png",
-            "cameras": root / "cameras.json", "masks": root / "mouth_masks", "landmarks": root / "landmarks.npy",
+            "cameras": root / "cameras.json", "masks": root / "mouth_masks", "parsing": root / "parsing",
+            "landmarks": root / "landmarks.npy",
             "blink": root / "blink.npy", "features": root / "features.npy", "stats": root / "stats.npz"}

@@ -54,8 +54,8 @@ def subject(tmp_path_factory):
 
 
 def load(subject, config):
-    args = argparse.Namespace(**{k: subject[k] for k in ("cameras", "head", "background", "masks", "features",
-                                                          "blink", "landmarks")})
+    args = argparse.Namespace(**{k: subject[k] for k in ("cameras", "head", "background", "masks", "parsing",
+                                                          "features", "blink", "landmarks")})
     return fine.load_data(args, config, torch.device("cpu"))
 
 
@@ -82,6 +82,50 @@ def test_audio_drives_the_mouth_on_unseen_frames(subject):
     assert iou > 0.3, iou  # dynamic splatting: d is high where the mouth mask is
     losses = [row["loss"] for row in result.log_rows]
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:3])
+
+
+def test_mouth_shape_readout_learns_the_aperture_from_audio_alone(subject):
+    """The code's mouth-shape readout is fitted to the face mesh of training frames (z-scored by their statistics
+    only) and, from audio alone, predicts the aperture of test frames it never saw."""
+    torch.manual_seed(0)
+    config = small_config(iterations=150, lambda_shape=1.0)
+    data = load(subject, config)
+    train, test = data.views.cameras.train, data.views.cameras.test
+    assert data.mouth_shape[train].mean(dim=0).abs().max() < 1e-4
+    assert not torch.allclose(data.mouth_shape[test].mean(dim=0), torch.zeros(3))
+    result = fine.train_fine(data, fine.load_coarse(subject["coarse"]), config, backend="torch")
+    with torch.no_grad():
+        codes = result.deformer.codes(data.feature_tensor(), torch.tensor(test))
+        predicted = result.deformer.mouth_shape(codes)[:, 0].numpy()
+    truth = data.mouth_shape[test, 0].numpy()
+    assert np.corrcoef(predicted, truth)[0, 1] > 0.8
+    assert result.log_rows[-1]["shape"] < 0.5 * result.log_rows[0]["shape"]
+
+
+def test_rendered_alpha_is_held_to_the_parsing_head_mask(subject):
+    """A head whose coarse opacities are halved (holes where the plate would show) closes them with the alpha
+    term, and not as much without it."""
+    data = load(subject, small_config())
+    coarse = fine.load_coarse(subject["coarse"])
+    faded = {**coarse, "model": {**coarse["model"], "opacity_logits": coarse["model"]["opacity_logits"] - 2.0}}
+    test = data.views.cameras.test
+
+    def holes(lambda_alpha: float) -> float:
+        """Share of head-mask pixels the render leaves mostly transparent."""
+        torch.manual_seed(0)
+        config = small_config(iterations=80, lambda_alpha=lambda_alpha, gaussian_lr_scale=1.0)
+        result = fine.train_fine(data, faded, config, backend="torch")
+        head = TalkingHead(result.gaussians, result.deformer, "synthetic", {}, 0)
+        codes = head.deformer.codes(data.feature_tensor(), torch.tensor(test))
+        holes = []
+        for code, f in zip(codes, test):
+            alpha = head.render(code, data.views.viewmat(f), data.views.K, data.views.width, data.views.height)[1]
+            holes.append(float((alpha[..., 0][data.head_mask(f) == 1] < 0.5).float().mean()))
+        return float(np.mean(holes))
+
+    assert data.head_mask(test[0]).max() == 1 and data.head_mask(test[0]).min() == 0
+    with_term, without = holes(2.0), holes(0.0)
+    assert with_term < 0.5 * without, (with_term, without)
 
 
 def test_mask_loss_trains_dynamism_not_geometry(subject):

@@ -44,11 +44,13 @@ rule train_fine:
         background=P.background,
         cameras=P.cameras,
         masks=P.mouth_masks,
+        parsing=P.parsing,
         landmarks=P.landmarks,
         blink=P.blink,
         features=P.audio_features(config["audio"]["extractor"]),
         stats=P.audio_stats(config["audio"]["extractor"]),
-        code=code("fine", "audioplane", "train", "dataset", "losses", "lpips", "checkpoint", "split", "gaussians/*"),
+        code=code("fine", "audioplane", "train", "dataset", "losses", "lpips", "checkpoint", "split", "landmarks",
+                  "background", "gaussians/*"),
     output:
         model=P.fine_pt,
         train_log=P.fine_log,
@@ -72,8 +74,8 @@ rule train_fine:
         "../../envs/train.yaml"
     shell:
         "$PY -m pipeline.fine --coarse {input.coarse:q} --head {input.head:q} --background {input.background:q}"
-        " --cameras {input.cameras:q} --masks {input.masks:q} --landmarks {input.landmarks:q} --blink {input.blink:q}"
-        " --features {input.features:q} --stats {input.stats:q} --extractor {params.extractor}"
+        " --cameras {input.cameras:q} --masks {input.masks:q} --parsing {input.parsing:q}"
+        " --landmarks {input.landmarks:q} --blink {input.blink:q} --features {input.features:q} --stats {input.stats:q} --extractor {params.extractor}"
         " --settings {params.settings:q} --out {output.model:q} --log-csv {output.train_log:q} --qc {output.qc:q}"
         " --checkpoint {params.checkpoint:q} --device {params.device} --backend {params.backend}"
         " --threads {threads} > {log:q} 2>&1"
