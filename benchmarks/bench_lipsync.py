@@ -54,13 +54,9 @@ def corr(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(x[ok], y[ok])[0, 1])
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--subject", type=Path, default=ROOT / "results" / "demo")
-    p.add_argument("--truth", type=Path, default=None, help="the demo's ground_truth.npz")
-    args = p.parse_args()
-    paths = SubjectPaths(args.subject)
-    torch.set_num_threads(1)
+def measure(subject: Path, truth_file: Path | None = None) -> dict:
+    """The row of one trained subject (see the module docstring); ``truth_file``: the demo's ground truth."""
+    paths = SubjectPaths(subject)
     head = TalkingHead.load(paths.fine_pt)
     cameras = Cameras.load(paths.cameras)
     views = HeadViews(paths.head, cameras, paths.background)
@@ -81,7 +77,7 @@ def main() -> None:
     ap_real, ap_fine = lmk.mouth_aperture(lm_real), lmk.mouth_aperture(lm_fine)
     mouth = [masks.pixels(f) > 127 for f in test]
     row = {
-        "subject": args.subject.name, "test frames": len(test), "size": views.width,
+        "subject": subject.name, "test frames": len(test), "size": views.width,
         "aperture r": corr(ap_fine, ap_real), "diff r": corr(np.diff(ap_fine), np.diff(ap_real)),
         "shuffled r": corr(lmk.mouth_aperture(lm_shuffled), ap_real),
         "chin r": corr(lmk.chin_drop(lm_fine), lmk.chin_drop(lm_real)),
@@ -90,10 +86,20 @@ def main() -> None:
         "head PSNR fine": np.mean([psnr(a, b) for a, b in zip(renders, real)]),
         "head PSNR coarse": np.mean([psnr(a, b) for a, b in zip(coarse_renders, real)]),
     }
-    if args.truth is not None:
-        truth = np.load(args.truth)["aperture"][test]
+    if truth_file is not None:
+        truth = np.load(truth_file)["aperture"][test]
         row["aperture r (truth)"] = corr(ap_fine, truth)
         row["shuffled r (truth)"] = corr(lmk.mouth_aperture(lm_shuffled), truth)
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--subject", type=Path, default=ROOT / "results" / "demo")
+    p.add_argument("--truth", type=Path, default=None, help="the demo's ground_truth.npz")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    row = measure(args.subject, args.truth)
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}))
     print("| " + " | ".join(row) + " |")
     print("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()) + " |")

@@ -62,16 +62,14 @@ def plate_leak(demo: SubjectPaths) -> float:
     return leaked / person
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--workdir", type=Path, default=ROOT)
-    args = p.parse_args()
-    demo = SubjectPaths(args.workdir / "results" / "demo")
-    drive = args.workdir / "resources" / "demo" / "drive.wav"
+def measure(workdir: Path) -> dict:
+    """The row of the demo trained in ``workdir`` (its results/demo and resources/demo/drive.wav)."""
+    demo = SubjectPaths(workdir / "results" / "demo")
+    drive = workdir / "resources" / "demo" / "drive.wav"
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "drive.mp4"
         if render.main(["--subject-dir", str(demo.root), "--audio", str(drive), "--out", str(out)]) != 0:
-            sys.exit("render failed")
+            raise RuntimeError("render failed")
         info = probe(out)
         mouth, _ = video_aperture(out)
     truth = drive_openness(DemoConfig())  # the shipped config's demo settings
@@ -81,7 +79,14 @@ def main() -> None:
            "has audio": info.has_audio, "faces found": round(float(found.mean()), 3),
            "drive aperture r": round(float(np.corrcoef(mouth[:n][found], truth[:n][found])[0, 1]), 3),
            "plate leak": round(plate_leak(demo), 4)}
-    print(json.dumps(row))
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--workdir", type=Path, default=ROOT)
+    args = p.parse_args()
+    print(json.dumps(measure(args.workdir)))
 
 
 if __name__ == "__main__":

@@ -220,6 +220,11 @@ class AudioPlaneDeformer(nn.Module):
         return self.delta(torch.cat(inputs, dim=1)), d
 
 
+def displace(points: Tensor, delta: Tensor, d: Tensor, config: AudioPlaneConfig) -> Tensor:
+    """Points [N, 3] moved by the position part of d * ΔG (metres via ``position_scale``)."""
+    return points + d[:, None] * delta[:, :3] * config.position_scale
+
+
 def deform(gaussians: GaussianModel, delta: Tensor, d: Tensor, config: AudioPlaneConfig) -> GaussianModel:
     """G' = G + d * ΔG on the unconstrained parameters (positions in metres via ``position_scale``)."""
     w = d[:, None]
@@ -230,7 +235,7 @@ def deform(gaussians: GaussianModel, delta: Tensor, d: Tensor, config: AudioPlan
     opacity = gaussians.opacity_logits
     if config.deform_opacity:
         opacity = opacity + d * delta[:, -1]
-    return GaussianModel(means=gaussians.means + w * delta[:, :3] * config.position_scale,
+    return GaussianModel(means=displace(gaussians.means, delta, d, config),
                          quats=gaussians.quats + w * delta[:, 3:7],
                          log_scales=gaussians.log_scales + w * delta[:, 7:10],
                          opacity_logits=opacity, sh=sh)

@@ -10,6 +10,10 @@ code, the deformer moves the canonical Gaussians (G' = G + d ΔG), and three ren
 The rendered alpha is held to the head mask of the frame's parsing (L1, weight ``lambda_alpha``): the head
 target is composited over the plate it is rendered over, so without it the head keeps holes (mostly in the
 hair) where the plate then shows through the composite.
+The face mesh also supervises the geometry: the canonical mouth landmarks (lips and chin), moved by the same
+deformation field (G' = G + d ΔG at those points) and projected with the frame's camera, match the frame's
+detected ones up to a shift (mean-centred L1 in training-size pixels, weight ``lambda_landmarks``),
+so the field opens the lips and drops the jaw where the video's mouth did.
 Beside the renders, a linear readout of the audio code predicts the mouth shape the face mesh measured on
 the frame (aperture, width, chin drop; z-scored over the training frames), MSE over ``shape_batch`` random
 training frames, weight ``lambda_shape``. On real footage the image loss alone lets the code collapse to a
@@ -47,7 +51,8 @@ from torch import Tensor
 from pipeline import cli
 from pipeline import landmarks as lmk
 from pipeline.audio import AudioStats
-from pipeline.audioplane import AudioPlaneConfig, AudioPlaneDeformer, TalkingHead, deform, render_deformed
+from pipeline.audioplane import (AudioPlaneConfig, AudioPlaneDeformer, TalkingHead, deform, displace,
+                                  render_deformed)
 from pipeline.background import head_mask
 from pipeline.checkpoint import Checkpointer, StopFlag, end_of_iteration, fingerprint, save_torch
 from pipeline.dataset import Cameras, FrameStore, HeadViews, training_size
@@ -61,7 +66,8 @@ from pipeline.train import (LearningRates, make_optimizer, optimizer_step, pick_
 
 log = logging.getLogger(__name__)
 
-LOSS_COLUMNS = ("loss", "l1", "perceptual", "mask", "mouth", "alpha", "shape")
+MOUTH_POINTS = (*lmk.MOUTH, lmk.CHIN)  # face-mesh points of the landmark loss
+LOSS_COLUMNS = ("loss", "l1", "perceptual", "mask", "mouth", "alpha", "landmarks", "shape")
 LOG_COLUMNS = ("iteration", *LOSS_COLUMNS, "psnr", "gaussians", "seconds")
 
 
@@ -79,6 +85,7 @@ class FineConfig:
     mask_margin: float = 0.2
     lambda_mouth: float = 1.0
     lambda_alpha: float = 0.1  # rendered alpha vs the parsing's head mask (0: off)
+    lambda_landmarks: float = 1.0  # deformed, projected mouth landmarks vs the face mesh's (0: off)
     lambda_shape: float = 1.0  # mouth-shape readout of the audio code (0: off)
     shape_batch: int = 16  # training frames per iteration for that readout
     dynamic_splatting: bool = True
@@ -157,6 +164,11 @@ class FineData:
         marks = lmk.load_landmarks(Path(landmarks), n)
         self.boxes = mouth_boxes(marks, (mouth_views.width, mouth_views.height), mouth_views.width / cams.width,
                                  config.mouth_box)
+        # mouth landmarks (lips and chin): canonical [P, 3] and detected at the training size [N, P, 2]
+        self.canonical_mouth = torch.tensor(cams.canonical_landmarks[list(MOUTH_POINTS)], dtype=torch.float32,
+                                            device=views.device)
+        self.mouth_points = torch.tensor(marks[:, list(MOUTH_POINTS), :2] * (views.width / cams.width),
+                                         dtype=torch.float32, device=views.device)
         shape = lmk.mouth_shape(marks)
         train = shape[cams.train]  # the test frames' landmarks stay unseen, their statistics too
         # a floor of 0.1 px: a shape that never changes stays at 0 rather than amplifying landmark jitter
@@ -291,12 +303,25 @@ def fine_step(gaussians: GaussianModel, deformer: AudioPlaneDeformer, data: Fine
         mouth_image = mouth.color[0] + plate * (1 - mouth.alpha[0])
         losses["mouth"] = l1(mouth_image, crop) + config.lambda_perceptual * perceptual(mouth_image, crop)
         loss = loss + config.lambda_mouth * losses["mouth"]
+    if config.lambda_landmarks > 0:
+        points = data.canonical_mouth
+        moved_points = displace(points, *deformer(points, code, float(data.blink[frame])), config.model)
+        predicted, detected = project(moved_points, views.viewmat(frame), views.K), data.mouth_points[frame]
+        offset = (predicted - predicted.mean(dim=0)) - (detected - detected.mean(dim=0))
+        losses["landmarks"] = offset.abs().mean()
+        loss = loss + config.lambda_landmarks * losses["landmarks"]
     if config.lambda_shape > 0 and shape_frames is not None:
         codes = deformer.code(data.windows(deformer.neighbour_indices(shape_frames, len(data))))
         losses["shape"] = (deformer.mouth_shape(codes) - data.mouth_shape[shape_frames]).square().mean()
         loss = loss + config.lambda_shape * losses["shape"]
     losses["loss"] = loss
     return FineStep(image=image, target=target, raster=raster, splat=splat, losses=losses)
+
+
+def project(points: Tensor, viewmat: Tensor, K: Tensor) -> Tensor:
+    """Head-frame points [P, 3] -> pixels [P, 2] (world-to-camera ``viewmat`` [4, 4], intrinsics K [3, 3])."""
+    uvw = (points @ viewmat[:3, :3].T + viewmat[:3, 3]) @ K.T
+    return uvw[:, :2] / uvw[:, 2:3]
 
 
 def render_dynamism(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, d: Tensor, viewmat: Tensor,

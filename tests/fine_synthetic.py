@@ -87,11 +87,11 @@ def make_fine_subject(root: Path, frames: int = 66, size: int = 48, seed: int = 
     save_json(root / "cameras.json", {"width": size, "height": size, "K": K.tolist(), "frame_count": frames,
                                       "world_to_camera": w2c.tolist(), "split": {"train": train, "test": test},
                                       "canonical_landmarks": shape.tolist()})
-    # the face mesh sees the mouth open with the signal: inner-lip pairs 1 + 3·signal px apart
+    # the face mesh sees the mouth open with the signal: each inner-lip pair 3·signal px further apart
     for a, b in lmk._APERTURE_PAIRS:
         upper, lower = lmk.LIPS_INNER[a], lmk.LIPS_INNER[b]
-        landmarks[:, lower, :2] = landmarks[:, upper, :2]
-        landmarks[:, lower, 1] += 1.0 + 3.0 * signal
+        gap = landmarks[:, lower, :2] - landmarks[:, upper, :2]
+        landmarks[:, lower, :2] += 3.0 * signal[:, None] * gap / np.linalg.norm(gap, axis=1, keepdims=True)
     save_npy(root / "landmarks.npy", landmarks)
     save_npy(root / "blink.npy", np.ones(frames, np.float32))
     save_npy(root / "features.npy", features_from_signal(signal, seed))

@@ -18,7 +18,8 @@ import torch
 import yaml
 
 from pipeline import fine
-from pipeline.audioplane import AudioPlaneConfig, AudioPlaneDeformer, TalkingHead
+from pipeline import landmarks as lmk
+from pipeline.audioplane import AudioPlaneConfig, AudioPlaneDeformer, TalkingHead, displace
 from pipeline.checkpoint import Checkpointer
 from pipeline.gaussians.densify import DensifyConfig
 from pipeline.io import PipelineError, load_image
@@ -100,6 +101,37 @@ def test_mouth_shape_readout_learns_the_aperture_from_audio_alone(subject):
     truth = data.mouth_shape[test, 0].numpy()
     assert np.corrcoef(predicted, truth)[0, 1] > 0.8
     assert result.log_rows[-1]["shape"] < 0.5 * result.log_rows[0]["shape"]
+
+
+def test_landmark_loss_opens_the_deformed_mouth_with_the_audio(subject):
+    """The canonical mouth landmarks, moved by the deformation field and projected, learn how far the face mesh
+    saw the lips part (3·signal px here) and predict it from the audio alone, on test frames too."""
+    torch.manual_seed(0)
+    config = small_config(iterations=300, lambda_landmarks=1.0, lambda_shape=0.0, lambda_mouth=0.0,
+                          dynamic_splatting=False, lr_networks=1e-2)
+    data = load(subject, config)
+    views, signal = data.views, np.load(subject["cameras"].parent / "signal.npy")
+    chin = fine.MOUTH_POINTS.index(lmk.CHIN)  # unmoved by the fixture: the projection matches the face mesh
+    assert torch.allclose(fine.project(data.canonical_mouth, views.viewmat(0), views.K)[chin],
+                          data.mouth_points[0, chin], atol=1e-2)
+    result = fine.train_fine(data, fine.load_coarse(subject["coarse"]), config, backend="torch")
+    pairs = [(fine.MOUTH_POINTS.index(lmk.LIPS_INNER[a]), fine.MOUTH_POINTS.index(lmk.LIPS_INNER[b]))
+             for a, b in lmk._APERTURE_PAIRS]
+    upper, lower = [p for p, _ in pairs], [q for _, q in pairs]
+
+    def gap(uv: torch.Tensor) -> float:
+        return float((uv[upper] - uv[lower]).norm(dim=1).mean())
+
+    for frames, least in ((views.cameras.train, 0.5), (views.cameras.test, 0.6)):
+        codes = result.deformer.codes(data.feature_tensor(), torch.tensor(frames))
+        opening = []
+        with torch.no_grad():
+            for code, f in zip(codes, frames):
+                points = data.canonical_mouth
+                moved = displace(points, *result.deformer(points, code), config.model)
+                opening.append(gap(fine.project(moved, views.viewmat(f), views.K))
+                               - gap(fine.project(points, views.viewmat(f), views.K)))
+        assert np.corrcoef(opening, signal[frames])[0, 1] > least
 
 
 def test_rendered_alpha_is_held_to_the_parsing_head_mask(subject):
