@@ -87,9 +87,10 @@ def test_audio_drives_the_mouth_on_unseen_frames(subject):
 
 def test_mouth_shape_readout_learns_the_aperture_from_audio_alone(subject):
     """The code's mouth-shape readout is fitted to the face mesh of training frames (z-scored by their statistics
-    only) and, from audio alone, predicts the aperture of test frames it never saw."""
+    only) and, from audio alone, predicts how far the lips part on test frames it never saw (the fixture's
+    signal; the rest of the measured aperture follows the head pose, which the audio cannot know)."""
     torch.manual_seed(0)
-    config = small_config(iterations=150, lambda_shape=1.0)
+    config = small_config(iterations=150, lambda_shape=1.0, lambda_landmarks=0.0)
     data = load(subject, config)
     train, test = data.views.cameras.train, data.views.cameras.test
     assert data.mouth_shape[train].mean(dim=0).abs().max() < 1e-4
@@ -98,8 +99,12 @@ def test_mouth_shape_readout_learns_the_aperture_from_audio_alone(subject):
     with torch.no_grad():
         codes = result.deformer.codes(data.feature_tensor(), torch.tensor(test))
         predicted = result.deformer.mouth_shape(codes)[:, 0].numpy()
-    truth = data.mouth_shape[test, 0].numpy()
-    assert np.corrcoef(predicted, truth)[0, 1] > 0.8
+    signal = np.load(subject["cameras"].parent / "signal.npy")[test]
+    assert np.corrcoef(predicted, signal)[0, 1] > 0.8
+    # and in the face mesh's units: z-score per unit of signal as the training frames measured it
+    aperture = fine.lmk.mouth_aperture(np.load(subject["landmarks"]))
+    expected = 3.0 / aperture[train].std()
+    assert 0.5 * expected < np.polyfit(signal, predicted, 1)[0] < 2 * expected
     assert result.log_rows[-1]["shape"] < 0.5 * result.log_rows[0]["shape"]
 
 
