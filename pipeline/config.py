@@ -29,6 +29,7 @@ class Subject:
     video: str
     preset: str  # resolved: "default" or "cpu"
     resolution: int
+    extractor: str  # audio features the subject trains and renders with (sheet column, else audio.extractor)
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,8 @@ def subject_settings(config: dict, row: dict) -> Subject:
     preset = resolve_preset(row.get("preset") or config["preset"])
     overrides = config["presets"].get(preset, {})
     resolution = row.get("resolution") or overrides.get("resolution") or config["prepare"]["resolution"]
-    return Subject(name=row["subject"], video=row["video"], preset=preset, resolution=int(resolution))
+    return Subject(name=row["subject"], video=row["video"], preset=preset, resolution=int(resolution),
+                   extractor=row.get("extractor") or config["audio"]["extractor"])
 
 
 def _deep_merge(base: dict, override: dict) -> dict:

@@ -18,7 +18,7 @@ def test_defaults_are_filled(tmp_path):
     s = cfg.load(_sheets(tmp_path, "subject\tvideo\nalice\ta.mp4\n"))
     assert s.config["prepare"]["resolution"] == 512
     assert s.config["presets"]["cpu"]["resolution"] == 256
-    assert s.subjects["alice"] == cfg.Subject("alice", "a.mp4", "default", 512)
+    assert s.subjects["alice"] == cfg.Subject("alice", "a.mp4", "default", 512, "whisper")
 
 
 def test_unknown_key_fails_naming_it(tmp_path):
@@ -38,6 +38,14 @@ def test_sheet_overrides_preset_overrides_config(tmp_path):
     s = cfg.load({**_sheets(tmp_path, sheet), "prepare": {"resolution": 320}})
     assert (s.subjects["a"].resolution, s.subjects["b"].resolution, s.subjects["c"].resolution) == (256, 384, 320)
     assert s.subjects["a"].preset == "cpu" and s.subjects["c"].preset == "default"
+
+
+def test_sheet_extractor_overrides_the_config(tmp_path):
+    sheet = "subject\tvideo\textractor\na\ta.mp4\tmel\nb\tb.mp4\t\n"
+    s = cfg.load({**_sheets(tmp_path, sheet), "audio": {"extractor": "ppg"}})
+    assert (s.subjects["a"].extractor, s.subjects["b"].extractor) == ("mel", "ppg")
+    with pytest.raises(PipelineError, match="extractor: 'melody' is not one of"):
+        cfg.load(_sheets(tmp_path, "subject\tvideo\textractor\na\ta.mp4\tmelody\n"))
 
 
 def test_auto_preset_follows_cuda(tmp_path, monkeypatch):

@@ -27,7 +27,7 @@ def make_workdir(root: Path, subjects: dict[str, tuple[Path, int]], drives: list
     (root / "subjects.tsv").write_text("\n".join(lines) + "\n")
     lines = ["subject\taudio_id\taudio"] + [f"{s}\t{a}\t{p}" for s, a, p in drives]
     (root / "drives.tsv").write_text("\n".join(lines) + "\n")
-    config = {"subjects": "subjects.tsv", "drives": "drives.tsv", "preset": "cpu",
+    config = {"subjects": "subjects.tsv", "drives": "drives.tsv", "preset": "cpu", "audio": {"extractor": "mel"},
               "presets": {"cpu": {"coarse": TINY_COARSE, "fine": TINY_FINE}}, **overrides}
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     return root

@@ -125,13 +125,30 @@ def report_video_args(wildcards):
                     for name, path in videos)
 
 
+# The subject's audio extractor (its sheet column, else audio.extractor) and the files named by it.
+def subject_extractor(wildcards):
+    return SUBJECTS[wildcards.subject].extractor
+
+
+def subject_features(wildcards):
+    return str(P.audio_features(subject_extractor(wildcards))).format(subject=wildcards.subject)
+
+
+def subject_stats(wildcards):
+    return str(P.audio_stats(subject_extractor(wildcards))).format(subject=wildcards.subject)
+
+
+def drive_features(wildcards):
+    path = P.drive_features(wildcards.audio_id, subject_extractor(wildcards))
+    return str(path).format(subject=wildcards.subject)
+
+
 def final_outputs(wildcards):
     """Every artefact the built stages produce, for every subject and driving audio."""
-    extractor = config["audio"]["extractor"]
     outputs = []
-    for name in SUBJECTS:
+    for name, subject in SUBJECTS.items():
         paths = SubjectPaths.of(config["results"], name)
-        outputs += [paths.frames, paths.audio_wav, paths.video_json, paths.audio_features(extractor)]
+        outputs += [paths.frames, paths.audio_wav, paths.video_json, paths.audio_features(subject.extractor)]
         outputs += [paths.landmarks, paths.cameras, paths.qc_image("tracking")]
         outputs += [paths.mouth_masks, paths.head, paths.torso, paths.blink, paths.qc_image("face_analysis")]
         outputs += [paths.coarse_ply, paths.coarse_pt, paths.qc_image("coarse")]
@@ -139,5 +156,6 @@ def final_outputs(wildcards):
         outputs += [paths.report_figure("losses"), paths.report_figure("poses"), paths.report_renders]
     for drive in DRIVES:
         paths = SubjectPaths.of(config["results"], drive.subject)
+        extractor = SUBJECTS[drive.subject].extractor
         outputs += [paths.drive_features(drive.audio_id, extractor), paths.render(drive.audio_id)]
     return outputs

@@ -21,7 +21,7 @@ rule render:
         audio_id=r"(?!test\.mp4$)[A-Za-z0-9][A-Za-z0-9_.-]*",
     input:
         **RENDER_INPUTS,
-        features=P.drive_features("{audio_id}", config["audio"]["extractor"]),
+        features=drive_features,
         audio=drive_audio,
         source=subject_video,
     output:
@@ -50,7 +50,7 @@ rule render:
 rule render_test:
     input:
         **RENDER_INPUTS,
-        features=P.audio_features(config["audio"]["extractor"]),
+        features=subject_features,
         audio=P.audio_wav,
     output:
         video=P.render("test"),

@@ -47,8 +47,8 @@ rule train_fine:
         parsing=P.parsing,
         landmarks=P.landmarks,
         blink=P.blink,
-        features=P.audio_features(config["audio"]["extractor"]),
-        stats=P.audio_stats(config["audio"]["extractor"]),
+        features=subject_features,
+        stats=subject_stats,
         code=code("fine", "audioplane", "train", "dataset", "losses", "lpips", "checkpoint", "split", "landmarks",
                   "background", "gaussians/*"),
     output:
@@ -58,7 +58,7 @@ rule train_fine:
     params:
         settings=lambda wildcards: stage_settings_json(wildcards, "fine"),
         checkpoint=lambda wildcards: SubjectPaths.of(config["results"], wildcards.subject).checkpoint("fine"),
-        extractor=config["audio"]["extractor"],
+        extractor=subject_extractor,
         device=config["training"]["device"],
         backend=config["training"]["backend"],
     log:
@@ -75,7 +75,8 @@ rule train_fine:
     shell:
         "$PY -m pipeline.fine --coarse {input.coarse:q} --head {input.head:q} --background {input.background:q}"
         " --cameras {input.cameras:q} --masks {input.masks:q} --parsing {input.parsing:q}"
-        " --landmarks {input.landmarks:q} --blink {input.blink:q} --features {input.features:q} --stats {input.stats:q} --extractor {params.extractor}"
+        " --landmarks {input.landmarks:q} --blink {input.blink:q} --features {input.features:q}"
+        " --stats {input.stats:q} --extractor {params.extractor}"
         " --settings {params.settings:q} --out {output.model:q} --log-csv {output.train_log:q} --qc {output.qc:q}"
         " --checkpoint {params.checkpoint:q} --device {params.device} --backend {params.backend}"
         " --threads {threads} > {log:q} 2>&1"
