@@ -52,7 +52,6 @@ class AudioPlaneConfig:
     deform_opacity: bool = True  # ... and opacity (teeth and tongue can appear)
     blink: bool = True  # the decoders see the frame's eye openness
     decoder_audio: bool = True  # D1 also sees the audio code itself, beside f(x, a) (False: the paper's D1)
-    shape_outputs: int = 3  # the mouth-shape readout of the code (aperture, width, chin drop; training only)
     position_scale: float = 0.01  # metres per unit of the position offset
 
     def __post_init__(self) -> None:
@@ -176,9 +175,10 @@ class AudioPlaneDeformer(nn.Module):
         self.attention = TemporalAttention(config.audio_dim, 2 * config.temporal_radius + 1)
         # unit-scale codes: a large q saturates the prototype softmax, and then no gradient reaches the audio
         self.norm = nn.LayerNorm(config.audio_dim)
-        # a linear readout of the mouth shape from the code: its loss keeps the code about the mouth on real
-        # footage, where the image loss alone lets the code collapse to a constant
-        self.mouth_shape = nn.Linear(config.audio_dim, config.shape_outputs)
+        # a linear readout of the mouth shape (aperture, width, chin drop: landmarks.mouth_shape) from the code,
+        # used in training only: its loss keeps the code about the mouth on real footage, where the image loss
+        # alone lets the code collapse to a constant
+        self.mouth_shape = nn.Linear(config.audio_dim, 3)
         self.plane = AudioPlane(config)
         width = self.plane.out_dim + config.decoder_audio * config.audio_dim + config.blink
         self.delta = nn.Sequential(nn.Linear(width, config.hidden), nn.ReLU(), nn.Linear(config.hidden, config.hidden),

@@ -276,10 +276,12 @@ def fine_step(gaussians: GaussianModel, deformer: AudioPlaneDeformer, data: Fine
               sh_degree: int, backend: str, perceptual: Callable[[Tensor, Tensor], Tensor],
               shape_frames: Tensor | None = None) -> FineStep:
     """Deform for ``frame``'s audio and compute the fine loss (see the module docstring); ``perceptual`` is
-    :func:`pipeline.losses.perceptual_loss` of ``config.perceptual``; ``shape_frames`` [B] the training frames
-    of the mouth-shape readout."""
+    :func:`pipeline.losses.perceptual_loss` of ``config.perceptual``; ``shape_frames`` [B]: further training
+    frames of the mouth-shape readout (which always reads ``frame``)."""
     views = data.views
-    code = deformer.code(data.windows(deformer.neighbour_indices(torch.tensor([frame]), len(data))))[0]
+    frames = torch.tensor([frame]) if shape_frames is None else torch.cat([torch.tensor([frame]), shape_frames])
+    codes = deformer.code(data.windows(deformer.neighbour_indices(frames, len(data))))  # one encoder pass
+    code = codes[0]
     delta, d = deformer(gaussians.means, code, float(data.blink[frame]))
     moved = deform(gaussians, delta, d, config.model)
     raster = render_deformed(moved, views.viewmat(frame), views.K, views.width, views.height, sh_degree, backend)
@@ -310,9 +312,8 @@ def fine_step(gaussians: GaussianModel, deformer: AudioPlaneDeformer, data: Fine
         offset = (predicted - predicted.mean(dim=0)) - (detected - detected.mean(dim=0))
         losses["landmarks"] = offset.abs().mean()
         loss = loss + config.lambda_landmarks * losses["landmarks"]
-    if config.lambda_shape > 0 and shape_frames is not None:
-        codes = deformer.code(data.windows(deformer.neighbour_indices(shape_frames, len(data))))
-        losses["shape"] = (deformer.mouth_shape(codes) - data.mouth_shape[shape_frames]).square().mean()
+    if config.lambda_shape > 0:
+        losses["shape"] = (deformer.mouth_shape(codes) - data.mouth_shape[frames]).square().mean()
         loss = loss + config.lambda_shape * losses["shape"]
     losses["loss"] = loss
     return FineStep(image=image, target=target, raster=raster, splat=splat, losses=losses)
@@ -405,8 +406,7 @@ def train_fine(data: FineData, coarse: dict[str, Any], config: FineConfig, check
             group["lr"] = group["base"] * decay
         g_optimizer.param_groups[0]["lr"] = rates.means * scene_scale * decay
         picks = pool[torch.randint(len(pool), (1 + config.shape_batch,), generator=generator)]
-        frame = int(picks[0])
-        step = fine_step(gaussians, deformer, data, frame, config, sh_degree, backend, perceptual, picks)
+        step = fine_step(gaussians, deformer, data, int(picks[0]), config, sh_degree, backend, perceptual, picks[1:])
         step.raster.means2d.retain_grad()
         step.losses["loss"].backward()
         if it <= config.densify.stop:
