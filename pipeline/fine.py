@@ -7,9 +7,12 @@ code, the deformer moves the canonical Gaussians (G' = G + d ΔG), and three ren
   dilated mouth mask m: mean(max(0, |m - g| - margin)), weight ``lambda_mask``;
 - the mouth (and chin) box at ``mouth_resolution``, where a lip gap is several pixels wide even when the
   training size makes it one: L1 + λ·perceptual, weight ``lambda_mouth``.
-The rendered alpha is held to the head mask of the frame's parsing (L1, weight ``lambda_alpha``): the head
-target is composited over the plate it is rendered over, so without it the head keeps holes (mostly in the
-hair) where the plate then shows through the composite.
+With ``random_background`` the head and mouth renders are composited over a random colour drawn each
+iteration, and the targets have the plate outside the parsing's head mask replaced by that colour: over
+the plate, Gaussians that take the plate's colour (under a chin that rose with the audio, around the
+hair) and holes inside the head cost nothing, and both show in the composite over the torso as a light
+band under the jaw and see-through patches. The rendered alpha is also held to the head mask (L1, weight
+``lambda_alpha``).
 The face mesh also supervises the geometry: the canonical mouth landmarks (lips and chin), moved by the same
 deformation field (G' = G + d ΔG at those points) and projected with the frame's camera, match the frame's
 detected ones up to a shift (mean-centred L1 in training-size pixels, weight ``lambda_landmarks``),
@@ -85,6 +88,7 @@ class FineConfig:
     mask_margin: float = 0.2
     lambda_mouth: float = 1.0
     lambda_alpha: float = 0.1  # rendered alpha vs the parsing's head mask (0: off)
+    random_background: bool = True  # render over a random colour per iteration instead of the plate
     lambda_landmarks: float = 1.0  # deformed, projected mouth landmarks vs the face mesh's (0: off)
     lambda_shape: float = 1.0  # mouth-shape readout of the audio code (0: off)
     shape_batch: int = 16  # training frames per iteration for that readout
@@ -153,8 +157,13 @@ class FineData:
         label_files = list_frames(parsing_dir, ext="png")
         if len(label_files) != n:
             raise PipelineError(f"{parsing_dir}: {len(label_files)} parsing maps for {n} frames")
+        def head(labels: np.ndarray) -> np.ndarray:
+            return head_mask(labels).view(np.uint8) * 255
+
         self.head_masks = FrameStore(label_files, (cams.width, cams.height), (views.width, views.height),
-                                     grey=True, transform=lambda labels: head_mask(labels).view(np.uint8) * 255)
+                                     grey=True, transform=head)
+        self.mouth_head_masks = FrameStore(label_files, (cams.width, cams.height),
+                                           (mouth_views.width, mouth_views.height), grey=True, transform=head)
         self.features = np.load(features, mmap_mode="r")
         if self.features.ndim != 3 or len(self.features) != n:
             raise PipelineError(f"{features}: audio features of shape {self.features.shape}, expected [{n}, W, C]")
@@ -196,16 +205,37 @@ class FineData:
         """The head's share of each pixel [H, W] in [0, 1] (parsing head labels, box-filtered)."""
         return _unit(self.head_masks.pixels(index), self.views.device)
 
-    def mouth_crop(self, index: int) -> tuple[Tensor, Tensor, Tensor, int]:
-        """(target [s,s,3], plate [s,s,3], K [3,3] of the crop camera, s) of the frame's mouth box."""
+    def mouth_crop(self, index: int) -> MouthCrop:
+        """The frame's mouth box at the mouth views' size."""
         x0, y0, s = (int(v) for v in self.boxes[index])
         mv = self.mouth_views
-        target = mv.image(index)[y0:y0 + s, x0:x0 + s]
-        plate = mv.background[y0:y0 + s, x0:x0 + s]
+        box = (slice(y0, y0 + s), slice(x0, x0 + s))
         K = mv.K.clone()
         K[0, 2] -= x0
         K[1, 2] -= y0
-        return target, plate, K, s
+        head = _unit(self.mouth_head_masks.pixels(index), mv.device)[box]
+        return MouthCrop(target=mv.image(index)[box], plate=mv.background[box], head=head, K=K, side=s)
+
+
+@dataclass
+class MouthCrop:
+    """target, plate [s,s,3]; head [s,s]: the head mask; K [3,3]: the crop camera; side: s."""
+
+    target: Tensor
+    plate: Tensor
+    head: Tensor
+    K: Tensor
+    side: int
+
+
+def over_background(color: Tensor, alpha: Tensor, target: Tensor, plate: Tensor, head: Tensor,
+                    background: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(image, target) [H,W,3] to compare: the render (premultiplied ``color`` [H,W,3], ``alpha`` [H,W,1])
+    over the plate [H,W,3] (``background`` None) or over the colour ``background`` [3], in which case the
+    target (head over the plate) gets that colour outside the ``head`` mask [H,W] as well."""
+    if background is None:
+        return color + plate * (1 - alpha), target
+    return color + background * (1 - alpha), target + (1 - head[..., None]) * (background - plate)
 
 
 def _unit(pixels: np.ndarray, device: torch.device) -> Tensor:
@@ -274,10 +304,11 @@ class FineStep:
 
 def fine_step(gaussians: GaussianModel, deformer: AudioPlaneDeformer, data: FineData, frame: int, config: FineConfig,
               sh_degree: int, backend: str, perceptual: Callable[[Tensor, Tensor], Tensor],
-              shape_frames: Tensor | None = None) -> FineStep:
+              shape_frames: Tensor | None = None, background: Tensor | None = None) -> FineStep:
     """Deform for ``frame``'s audio and compute the fine loss (see the module docstring); ``perceptual`` is
     :func:`pipeline.losses.perceptual_loss` of ``config.perceptual``; ``shape_frames`` [B]: further training
-    frames of the mouth-shape readout (which always reads ``frame``)."""
+    frames of the mouth-shape readout (which always reads ``frame``); ``background`` [3]: the colour the
+    renders are composited over (None: the plate)."""
     views = data.views
     frames = torch.tensor([frame]) if shape_frames is None else torch.cat([torch.tensor([frame]), shape_frames])
     codes = deformer.code(data.windows(deformer.neighbour_indices(frames, len(data))))  # one encoder pass
@@ -285,12 +316,13 @@ def fine_step(gaussians: GaussianModel, deformer: AudioPlaneDeformer, data: Fine
     delta, d = deformer(gaussians.means, code, float(data.blink[frame]))
     moved = deform(gaussians, delta, d, config.model)
     raster = render_deformed(moved, views.viewmat(frame), views.K, views.width, views.height, sh_degree, backend)
-    image = raster.color[0] + views.background * (1 - raster.alpha[0])
-    target = views.image(frame)
+    head = data.head_mask(frame)
+    image, target = over_background(raster.color[0], raster.alpha[0], views.image(frame), views.background, head,
+                                    background)
     losses = {"l1": l1(image, target), "perceptual": perceptual(image, target)}
     loss = losses["l1"] + config.lambda_perceptual * losses["perceptual"]
     if config.lambda_alpha > 0:
-        losses["alpha"] = (raster.alpha[0, ..., 0] - data.head_mask(frame)).abs().mean()
+        losses["alpha"] = (raster.alpha[0, ..., 0] - head).abs().mean()
         loss = loss + config.lambda_alpha * losses["alpha"]
     splat = None
     if config.dynamic_splatting:
@@ -300,10 +332,13 @@ def fine_step(gaussians: GaussianModel, deformer: AudioPlaneDeformer, data: Fine
         losses["mask"] = (torch.abs(data.mask(frame) - splat) - config.mask_margin).clamp_min(0).mean()
         loss = loss + config.lambda_mask * losses["mask"]
     if config.lambda_mouth > 0:
-        crop, plate, K, side = data.mouth_crop(frame)
-        mouth = render_deformed(moved, data.mouth_views.viewmat(frame), K, side, side, sh_degree, backend)
-        mouth_image = mouth.color[0] + plate * (1 - mouth.alpha[0])
-        losses["mouth"] = l1(mouth_image, crop) + config.lambda_perceptual * perceptual(mouth_image, crop)
+        crop = data.mouth_crop(frame)
+        mouth = render_deformed(moved, data.mouth_views.viewmat(frame), crop.K, crop.side, crop.side, sh_degree,
+                                backend)
+        mouth_image, mouth_target = over_background(mouth.color[0], mouth.alpha[0], crop.target, crop.plate,
+                                                    crop.head, background)
+        losses["mouth"] = (l1(mouth_image, mouth_target)
+                           + config.lambda_perceptual * perceptual(mouth_image, mouth_target))
         loss = loss + config.lambda_mouth * losses["mouth"]
     if config.lambda_landmarks > 0:
         points = data.canonical_mouth
@@ -406,7 +441,9 @@ def train_fine(data: FineData, coarse: dict[str, Any], config: FineConfig, check
             group["lr"] = group["base"] * decay
         g_optimizer.param_groups[0]["lr"] = rates.means * scene_scale * decay
         picks = pool[torch.randint(len(pool), (1 + config.shape_batch,), generator=generator)]
-        step = fine_step(gaussians, deformer, data, int(picks[0]), config, sh_degree, backend, perceptual, picks[1:])
+        background = torch.rand(3, generator=generator).to(device) if config.random_background else None
+        step = fine_step(gaussians, deformer, data, int(picks[0]), config, sh_degree, backend, perceptual, picks[1:],
+                         background)
         step.raster.means2d.retain_grad()
         step.losses["loss"].backward()
         if it <= config.densify.stop:

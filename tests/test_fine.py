@@ -33,8 +33,10 @@ SMALL_MODEL = {"resolution": 8, "scales": [1, 2], "feature_dim": 8, "hidden": 32
 
 
 def small_config(**overrides) -> fine.FineConfig:
+    """Small and fast; over the plate, since the fixture's head targets have soft edges its parsing (alpha > 0.5)
+    cuts, where a random background would put noise (split_head_torso cuts the targets with the parsing)."""
     base = fine.FineConfig(iterations=40, model=AudioPlaneConfig(**SMALL_MODEL), mouth_seed=20, lr_grids=2e-2,
-                           perceptual="dssim",
+                           perceptual="dssim", random_background=False,
                            lr_networks=2e-3, checkpoint_every=1000, log_every=10,
                            densify=DensifyConfig(start=10_000, stop=0, every=100, reset_every=0))
     return replace(base, **overrides)
@@ -99,12 +101,14 @@ def test_mouth_shape_readout_learns_the_aperture_from_audio_alone(subject):
     with torch.no_grad():
         codes = result.deformer.codes(data.feature_tensor(), torch.tensor(test))
         predicted = result.deformer.mouth_shape(codes)[:, 0].numpy()
-    signal = np.load(subject["cameras"].parent / "signal.npy")[test]
-    assert np.corrcoef(predicted, signal)[0, 1] > 0.8
-    # and in the face mesh's units: z-score per unit of signal as the training frames measured it
-    aperture = fine.lmk.mouth_aperture(np.load(subject["landmarks"]))
-    expected = 3.0 / aperture[train].std()
-    assert 0.5 * expected < np.polyfit(signal, predicted, 1)[0] < 2 * expected
+        fitted = result.deformer.mouth_shape(result.deformer.codes(data.feature_tensor(), torch.tensor(train)))
+    signal = np.load(subject["cameras"].parent / "signal.npy")
+    assert np.corrcoef(predicted, signal[test])[0, 1] > 0.8
+    # in the face mesh's units: aperture z-score per unit of signal as the training frames measured it (the six
+    # test frames are too few to measure a slope on)
+    measured = np.polyfit(signal[train], data.mouth_shape[train][:, 0].numpy(), 1)[0]
+    assert measured > 0
+    assert 0.75 * measured < np.polyfit(signal[train], fitted[:, 0].numpy(), 1)[0] < 1.25 * measured
     assert result.log_rows[-1]["shape"] < 0.5 * result.log_rows[0]["shape"]
 
 
@@ -141,16 +145,17 @@ def test_landmark_loss_opens_the_deformed_mouth_with_the_audio(subject):
 
 def test_rendered_alpha_is_held_to_the_parsing_head_mask(subject):
     """A head whose coarse opacities are halved (holes where the plate would show) closes them with the alpha
-    term, and not as much without it."""
+    term, and not as much without it; rendering over a random background closes them without the term."""
     data = load(subject, small_config())
     coarse = fine.load_coarse(subject["coarse"])
     faded = {**coarse, "model": {**coarse["model"], "opacity_logits": coarse["model"]["opacity_logits"] - 2.0}}
     test = data.views.cameras.test
 
-    def holes(lambda_alpha: float) -> float:
+    def holes(lambda_alpha: float, random_background: bool = False) -> float:
         """Share of head-mask pixels the render leaves mostly transparent."""
         torch.manual_seed(0)
-        config = small_config(iterations=80, lambda_alpha=lambda_alpha, gaussian_lr_scale=1.0)
+        config = small_config(iterations=80, lambda_alpha=lambda_alpha, gaussian_lr_scale=1.0,
+                              random_background=random_background)
         result = fine.train_fine(data, faded, config, backend="torch")
         head = TalkingHead(result.gaussians, result.deformer, "synthetic", {}, 0)
         codes = head.deformer.codes(data.feature_tensor(), torch.tensor(test))
@@ -163,6 +168,28 @@ def test_rendered_alpha_is_held_to_the_parsing_head_mask(subject):
     assert data.head_mask(test[0]).max() == 1 and data.head_mask(test[0]).min() == 0
     with_term, without = holes(2.0), holes(0.0)
     assert with_term < 0.5 * without, (with_term, without)
+    assert holes(0.0, random_background=True) < 0.5 * without
+
+
+def test_random_background_penalises_plate_coloured_gaussians():
+    """Over the plate, an opaque render of the plate's colour outside the head matches the target (head over
+    the plate); over a random colour it does not, while a render that is transparent there matches either way."""
+    plate = torch.rand(8, 8, 3)
+    face = torch.rand(8, 8, 3)
+    head = torch.zeros(8, 8)
+    head[2:6, 2:6] = 1
+    target = torch.where(head[..., None] > 0, face, plate)
+    clean_alpha = head[..., None]
+    clean = face * clean_alpha
+    ghost = torch.where(head[..., None] > 0, face, plate)  # opaque everywhere, the plate's colour outside
+    colour = torch.tensor([0.9, 0.1, 0.5])
+    for background in (None, colour):
+        image, want = fine.over_background(clean, clean_alpha, target, plate, head, background)
+        assert torch.allclose(image, want, atol=1e-6)
+    image, want = fine.over_background(ghost, torch.ones(8, 8, 1), target, plate, head, None)
+    assert torch.allclose(image, want)
+    image, want = fine.over_background(ghost, torch.ones(8, 8, 1), target, plate, head, colour)
+    assert (image - want).abs()[head == 0].mean() > 0.2
 
 
 def test_mask_loss_trains_dynamism_not_geometry(subject):
