@@ -6,6 +6,8 @@ Test split (``renders/test.mp4`` against the prepared frames of the test split, 
   the mean over frames of the per-frame values. Identical frames have infinite PSNR, recorded as 100 dB.
 * ``psnr_head``, ``ssim_head``: the same inside the head box, the real frame's face-mesh bounding box
   (``landmarks.npy``) grown by 10% of its size on every side, clipped to the frame.
+* ``psnr_mouth``: PSNR over the pixels of the dilated mouth mask (``mouth_masks/``, resized to the render's
+  size with nearest-neighbour), where the audio moves the face; absent without the masks.
 * ``lmd``: mouth landmark distance, pixels at the render's size: MediaPipe face mesh on the real and the
   rendered frame, the mouth points (both lip contours) each centred on their mean, the mean distance of
   corresponding points, averaged over frames where both faces are found.
@@ -42,7 +44,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from pipeline import cli
 from pipeline.dataset import Cameras
 from pipeline.lpips import load_lpips
-from pipeline.io import PipelineError, evenly_spaced, list_frames, load_rgb, save_json
+from pipeline.io import PipelineError, evenly_spaced, list_frames, load_image, load_rgb, save_json
 from pipeline.identity import IDENTITY_THRESHOLD, face_descriptor, identity_distance
 from pipeline.landmarks import MOUTH, LandmarkConfig, MediaPipeDetector, load_landmarks, mouth_aperture
 from pipeline.media import VideoWriter, decode_audio, iter_frames
@@ -66,6 +68,15 @@ def psnr(real: np.ndarray, render: np.ndarray) -> float:
     with np.errstate(divide="ignore"):
         value = peak_signal_noise_ratio(real, render, data_range=255)
     return float(min(value, PSNR_CAP))
+
+
+def masked_psnr(real: np.ndarray, render: np.ndarray, mask: np.ndarray) -> float:
+    """PSNR in dB of uint8 [H,W,3] images over the pixels of bool ``mask`` [H,W] (capped as :func:`psnr`)."""
+    diff = real[mask].astype(np.float64) - render[mask].astype(np.float64)
+    if diff.size == 0:
+        raise PipelineError("evaluate: an empty mouth mask")
+    mse = float(np.mean(diff ** 2))
+    return PSNR_CAP if mse == 0 else min(10 * math.log10(255 ** 2 / mse), PSNR_CAP)
 
 
 def ssim(real: np.ndarray, render: np.ndarray) -> float:
@@ -144,12 +155,15 @@ class TestSplitMetrics:
     ssim: list[float] = field(default_factory=list)
     psnr_head: list[float] = field(default_factory=list)
     ssim_head: list[float] = field(default_factory=list)
+    psnr_mouth: list[float] = field(default_factory=list)
     real_landmarks: list[np.ndarray] = field(default_factory=list)  # [478, 3] or NaN
     render_landmarks: list[np.ndarray] = field(default_factory=list)
 
     def add(self, real: np.ndarray, render: np.ndarray, box: Sequence[int], real_lm: np.ndarray | None,
-            render_lm: np.ndarray | None) -> None:
+            render_lm: np.ndarray | None, mouth: np.ndarray | None = None) -> None:
         x0, y0, x1, y1 = box
+        if mouth is not None:
+            self.psnr_mouth.append(masked_psnr(real, render, mouth))
         self.psnr.append(psnr(real, render))
         self.ssim.append(ssim(real, render))
         self.psnr_head.append(psnr(real[y0:y1, x0:x1], render[y0:y1, x0:x1]))
@@ -165,6 +179,7 @@ class TestSplitMetrics:
             "frames": len(self.psnr),
             "psnr": float(np.mean(self.psnr)), "ssim": float(np.mean(self.ssim)),
             "psnr_head": float(np.mean(self.psnr_head)), "ssim_head": float(np.mean(self.ssim_head)),
+            **({"psnr_mouth": float(np.mean(self.psnr_mouth))} if self.psnr_mouth else {}),
             "frames_with_face": int(both.sum()),
             "lmd": lmd(real[both], render[both]) if both.any() else None,
             "aperture_correlation": pearson(mouth_aperture(real[both]), mouth_aperture(render[both])),
@@ -226,9 +241,10 @@ def _resized(image: np.ndarray, width: int, height: int) -> np.ndarray:
 
 def evaluate_test_split(real: Iterable[np.ndarray], render: Iterable[np.ndarray], landmarks: np.ndarray,
                         side_by_side: Path | None = None, audio: Path | None = None,
-                        total: int | None = None) -> dict:
+                        total: int | None = None, mouth_masks: Iterable[np.ndarray] | None = None) -> dict:
     """Metrics of rendered frames against real ones (uint8 [H,W,3] streams of equal length; real frames are
-    resized to the render's size) with the real frames' landmarks [N, 478, 3] in real-frame pixels.
+    resized to the render's size) with the real frames' landmarks [N, 478, 3] in real-frame pixels and,
+    optionally, their mouth masks (bool [H,W] at the real frames' size, a stream of the same length).
     Optionally writes the side-by-side video with ``audio``."""
     metrics = TestSplitMetrics()
     keep = set(evenly_spaced(total or len(landmarks), PERCEPTUAL_PAIRS))
@@ -239,12 +255,14 @@ def evaluate_test_split(real: Iterable[np.ndarray], render: Iterable[np.ndarray]
         stack.callback(real_det.close)
         stack.callback(render_det.close)
         writer = None
+        masks = iter(mouth_masks) if mouth_masks is not None else None
         for k, (gt, out) in enumerate(cli.progress(zip(real, render, strict=True), total=total, desc="evaluate")):
             h, w = out.shape[:2]
             scale = np.array([w / gt.shape[1], h / gt.shape[0]])
             gt = _resized(gt, w, h)
             box = head_box(landmarks[k, :, :2] * scale, w, h)
-            metrics.add(gt, out, box, _detect(real_det, gt), _detect(render_det, out))
+            mouth = None if masks is None else _resized_mask(next(masks), w, h)
+            metrics.add(gt, out, box, _detect(real_det, gt), _detect(render_det, out), mouth)
             if k in keep:
                 pairs.append((gt.copy(), out.copy()))
             if side_by_side is not None:
@@ -290,9 +308,15 @@ def _json_safe(value):
     return value
 
 
+def _resized_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
+    if mask.shape != (height, width):
+        mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((width, height), Image.NEAREST)) > 127
+    return mask
+
+
 def evaluate_subject(test_video: Path, frames_dir: Path, cameras: Path, landmarks_path: Path,
                      drives: Sequence[tuple[str, Path, Path]], metrics_out: Path,
-                     side_by_side: Path | None) -> dict:
+                     side_by_side: Path | None, mouth_masks_dir: Path | None = None) -> dict:
     """Write metrics.json (and the side-by-side video) of one subject; returns the metrics."""
     frames = list_frames(frames_dir, ext="jpg")
     test = Cameras.load(cameras).test
@@ -300,7 +324,14 @@ def evaluate_subject(test_video: Path, frames_dir: Path, cameras: Path, landmark
         raise PipelineError(f"{cameras}: test split {test[:1]}..{test[-1:]} does not fit {len(frames)} frames")
     landmarks = load_landmarks(landmarks_path, len(frames))[test]
     real = (load_rgb(frames[i]) for i in test)
-    test_metrics = evaluate_test_split(real, iter_frames(test_video), landmarks, side_by_side, test_video, len(test))
+    masks = None
+    if mouth_masks_dir is not None:
+        mask_files = list_frames(mouth_masks_dir, ext="png")
+        if len(mask_files) != len(frames):
+            raise PipelineError(f"{mouth_masks_dir}: {len(mask_files)} mouth masks for {len(frames)} frames")
+        masks = (load_image(mask_files[i]) > 127 for i in test)
+    test_metrics = evaluate_test_split(real, iter_frames(test_video), landmarks, side_by_side, test_video, len(test),
+                                       masks)
     result = {"test": test_metrics, "drives": {}}
     train = Cameras.load(cameras).train
     subject = subject_descriptor([load_rgb(frames[train[i]]) for i in evenly_spaced(len(train), 8)]) if drives else None
@@ -321,6 +352,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=Path, required=True, help="prepared frames (000000.jpg ...)")
     p.add_argument("--cameras", type=Path, required=True, help="cameras.json (its test split)")
     p.add_argument("--landmarks", type=Path, required=True, help="landmarks.npy of the prepared frames")
+    p.add_argument("--mouth-masks", type=Path, default=None, help="mouth_masks/ of the prepared frames (psnr_mouth)")
     p.add_argument("--drive", nargs=3, action="append", default=[], metavar=("AUDIO_ID", "RENDER", "AUDIO"),
                    help="a driven render and its driving audio (repeat for each)")
     p.add_argument("--out", type=Path, required=True, help="metrics.json to write")
@@ -330,7 +362,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> None:
     drives = [(audio_id, Path(video), Path(audio)) for audio_id, video, audio in args.drive]
-    evaluate_subject(args.test_video, args.frames, args.cameras, args.landmarks, drives, args.out, args.side_by_side)
+    evaluate_subject(args.test_video, args.frames, args.cameras, args.landmarks, drives, args.out, args.side_by_side,
+                     args.mouth_masks)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -52,11 +52,23 @@ def psnr_reference(a, b):
     return 100.0 if mse == 0 else 10 * np.log10(255 ** 2 / mse)
 
 
+def mouth_mask(lm):
+    """bool [SIZE, SIZE]: the lips' bounding box of one frame's landmarks, grown by 6 px (a dilated mouth mask)."""
+    lips = lm[sorted(set(LIPS_OUTER)), :2]
+    (x0, y0), (x1, y1) = np.floor(lips.min(0)).astype(int) - 6, np.ceil(lips.max(0)).astype(int) + 6
+    mask = np.zeros((SIZE, SIZE), bool)
+    mask[max(y0, 0):y1, max(x0, 0):x1] = True
+    return mask
+
+
 def reference_metrics(real_frames, render_frames, real_lm):
-    """real_lm (the subject's landmarks.npy) places the head boxes; LMD and aperture use fresh face meshes."""
+    """real_lm (the subject's landmarks.npy) places the head boxes and the mouth masks; LMD and aperture use
+    fresh face meshes."""
     render_lm, real_mesh = mesh(render_frames), mesh(real_frames)
-    psnrs, ssims, psnr_head, ssim_head = [], [], [], []
+    psnrs, ssims, psnr_head, ssim_head, psnr_mouth = [], [], [], [], []
     for gt, out, lm in zip(real_frames, render_frames, real_lm):
+        m = mouth_mask(lm)
+        psnr_mouth.append(psnr_reference(gt[m], out[m]))
         lo, hi = lm[:, :2].min(0), lm[:, :2].max(0)
         x0, y0 = np.maximum(np.floor(lo - 0.1 * (hi - lo)).astype(int), 0)
         x1, y1 = np.minimum(np.ceil(hi + 0.1 * (hi - lo)).astype(int), SIZE)
@@ -72,15 +84,17 @@ def reference_metrics(real_frames, render_frames, real_lm):
                         for i in (4, 5, 6)], axis=0)
 
     return {"psnr": np.mean(psnrs), "ssim": np.mean(ssims), "psnr_head": np.mean(psnr_head),
-            "ssim_head": np.mean(ssim_head), "lmd": np.linalg.norm(a - b, axis=-1).mean(),
+            "ssim_head": np.mean(ssim_head), "psnr_mouth": np.mean(psnr_mouth),
+            "lmd": np.linalg.norm(a - b, axis=-1).mean(),
             "aperture_correlation": np.corrcoef(gap(real_mesh), gap(render_lm))[0, 1]}
 
 
 def test_identical_videos_score_perfectly(real):
     frames, lm = real
-    m = evaluate.evaluate_test_split(iter(frames), iter([f.copy() for f in frames]), lm, total=len(frames))
+    m = evaluate.evaluate_test_split(iter(frames), iter([f.copy() for f in frames]), lm, total=len(frames),
+                                     mouth_masks=(mouth_mask(x) for x in lm))
     assert m["frames"] == m["frames_with_face"] == len(frames)
-    assert m["psnr"] == m["psnr_head"] == 100.0 and m["ssim"] == m["ssim_head"] == 1.0
+    assert m["psnr"] == m["psnr_head"] == m["psnr_mouth"] == 100.0 and m["ssim"] == m["ssim_head"] == 1.0
     assert m["lmd"] == 0.0 and m["aperture_correlation"] == pytest.approx(1.0)
     assert m["lpips"] == pytest.approx(0.0, abs=1e-6)
     assert m["identity_distance"] == pytest.approx(0.0, abs=1e-6) and m["identity_pairs"] == min(len(frames), 32)
@@ -89,7 +103,8 @@ def test_identical_videos_score_perfectly(real):
 def test_shifted_video_matches_an_independent_computation(real):
     frames, lm = real
     shifted = frames[3:] + frames[-3:]  # render lags... and ends frozen
-    m = evaluate.evaluate_test_split(iter(frames), iter(shifted), lm, total=len(frames))
+    m = evaluate.evaluate_test_split(iter(frames), iter(shifted), lm, total=len(frames),
+                                     mouth_masks=(mouth_mask(x) for x in lm))
     ref = reference_metrics(frames, shifted, lm)
     for key, value in ref.items():
         assert m[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
@@ -122,6 +137,9 @@ def test_cli_writes_metrics_matching_an_independent_computation(demo_short, real
                                           "world_to_camera": np.tile(np.eye(4), (n, 1, 1)).tolist(),
                                           "canonical_landmarks": np.zeros((478, 3)).tolist()})
     save_npy(tmp_path / "landmarks.npy", lm)
+    (tmp_path / "mouth_masks").mkdir()
+    for i, x in enumerate(lm):
+        save_image(tmp_path / "mouth_masks" / frame_name(i, "png"), mouth_mask(x).astype(np.uint8) * 255)
     audio = tmp_path / "test.wav"
     write_wav(audio, np.sin(np.arange(16000 * len(test) // 25) * 0.1) * 0.3, 16000)
     render = tmp_path / "test.mp4"
@@ -134,6 +152,7 @@ def test_cli_writes_metrics_matching_an_independent_computation(demo_short, real
     sbs = tmp_path / "side_by_side.mp4"
     assert evaluate.main(["--test-video", str(render), "--frames", str(frames_dir), "--cameras",
                           str(tmp_path / "cameras.json"), "--landmarks", str(tmp_path / "landmarks.npy"),
+                          "--mouth-masks", str(tmp_path / "mouth_masks"),
                           "--drive", "demo", str(demo_short / "video.mp4"), str(drive_wav),
                           "--out", str(out), "--side-by-side", str(sbs)]) == 0
     metrics = json.loads(out.read_text())

@@ -81,6 +81,7 @@ rule evaluate:
         frames=P.frames,
         cameras=P.cameras,
         landmarks=P.landmarks,
+        mouth_masks=P.mouth_masks,
         renders=drive_renders,
         audio=drive_audios,
         code=code("evaluate"),
@@ -101,7 +102,7 @@ rule evaluate:
         "../../envs/preprocess.yaml"
     shell:
         "$PY -m pipeline.evaluate --test-video {input.test:q} --frames {input.frames:q} --cameras {input.cameras:q}"
-        " --landmarks {input.landmarks:q} {params.drives} --out {output.metrics:q}"
+        " --landmarks {input.landmarks:q} --mouth-masks {input.mouth_masks:q} {params.drives} --out {output.metrics:q}"
         " --side-by-side {output.side_by_side:q} > {log:q} 2>&1"
 
 
