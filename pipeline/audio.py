@@ -285,10 +285,15 @@ def speech_steps(samples: np.ndarray, n_frames: int, config: AudioFeatureConfig,
 
 
 def frame_windows(steps: np.ndarray, n_frames: int, window: int) -> np.ndarray:
-    """[n_steps, C] steps (row 0 = first step of frame 0's window) -> [N, window, C] windows."""
-    # [n_steps - window + 1, C, window] view, every STEPS_PER_FRAME-th row is a frame's window
-    view = np.lib.stride_tricks.sliding_window_view(steps, window, axis=0)
-    return np.ascontiguousarray(view[:STEPS_PER_FRAME * n_frames:STEPS_PER_FRAME].transpose(0, 2, 1))
+    """[n_steps, C] steps (row 0 = first step of frame 0's window) -> [N, window, C] windows.
+
+    A view on ``steps``, not a copy: the windows overlap (each step is in window / STEPS_PER_FRAME of them),
+    so a copy would take that many times the steps' memory, which grows with the audio's length. Never write
+    through it."""
+    # [n_steps - window + 1, C, window] view, every STEPS_PER_FRAME-th row is a frame's window; writeable only
+    # so torch can wrap it without a warning
+    view = np.lib.stride_tricks.sliding_window_view(steps, window, axis=0, writeable=True)
+    return view[:STEPS_PER_FRAME * n_frames:STEPS_PER_FRAME].transpose(0, 2, 1)
 
 
 def compute_stats(steps: np.ndarray, n_frames: int, config: AudioFeatureConfig) -> AudioStats:

@@ -198,12 +198,17 @@ class AudioPlaneDeformer(nn.Module):
         raw = self.encoder(windows.reshape(-1, *windows.shape[2:]).float()).view(*windows.shape[:2], -1)
         return self.norm(self.attention(raw))
 
-    def codes(self, features: Tensor, frames: Tensor, chunk: int = 256) -> Tensor:
-        """Smoothed audio codes [B, A] of ``frames`` [B] of a clip's features [T, W, C]."""
+    def codes(self, features: Tensor | np.ndarray, frames: Tensor, chunk: int = 256) -> Tensor:
+        """Smoothed audio codes [B, A] of ``frames`` [B] of a clip's features [T, W, C]: a tensor, or an array
+        (a memory map or overlapping window view), of which only ``chunk`` frames' windows are read at a time."""
         out = []
         for start in range(0, len(frames), chunk):
             idx = self.neighbour_indices(frames[start:start + chunk], features.shape[0])  # [b, 2r+1]
-            out.append(self.code(features[idx]))
+            if isinstance(features, Tensor):
+                windows = features[idx]
+            else:
+                windows = torch.from_numpy(np.ascontiguousarray(features[idx.cpu().numpy()], dtype=np.float32))
+            out.append(self.code(windows.to(self.box.device)))
         return torch.cat(out)
 
     def forward(self, means: Tensor, code: Tensor, blink: float | Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -296,10 +301,12 @@ class TalkingHead:
 
     @torch.no_grad()
     def audio_codes(self, features: Tensor | np.ndarray) -> Tensor:
-        """Normalised features [T, W, C] -> per-frame codes [T, A] (temporal attention applied)."""
-        features = torch.as_tensor(np.asarray(features), dtype=torch.float32, device=self.device)
+        """Normalised features [T, W, C] -> per-frame codes [T, A] (temporal attention applied). An array is
+        read a chunk at a time (see :meth:`AudioPlaneDeformer.codes`): memory stays flat in its length."""
+        if isinstance(features, Tensor):
+            features = features.to(self.device, torch.float32)
         want = (self.deformer.config.window, self.deformer.config.audio_channels)
-        if features.dim() != 3 or tuple(features.shape[1:]) != want:
+        if features.ndim != 3 or tuple(features.shape[1:]) != want:
             raise PipelineError(f"audio features of shape {tuple(features.shape)} do not fit this model "
                                 f"([T, {want[0]}, {want[1]}], extractor {self.extractor})")
         return self.deformer.codes(features, torch.arange(features.shape[0], device=self.device))

@@ -53,8 +53,9 @@ class HeadModel(Protocol):
 
     extractor: str
 
-    def audio_codes(self, features: Tensor) -> Tensor:
-        """features [T, window, C] normalised -> per-frame codes [T, A] (temporally filtered)."""
+    def audio_codes(self, features: Tensor | np.ndarray) -> Tensor:
+        """features [T, window, C] normalised (a tensor, or an array read a chunk at a time) -> per-frame
+        codes [T, A] (temporally filtered)."""
 
     def render(self, code: Tensor, viewmat: Tensor, K: Tensor, width: int, height: int, blink: float | None = None,
                backend: str = "auto") -> tuple[Tensor, Tensor]:
@@ -257,7 +258,7 @@ def render_drive(model: HeadModel, features: np.ndarray, audio: Path, scene: Sce
                  config: RenderConfig, video_json: Path | None = None, threads: int = 2) -> RenderStats:
     """Render ``features`` [T, window, C] (driving audio ``audio``) over the training frames in ping-pong order."""
     start = time.perf_counter()
-    codes = model.audio_codes(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(scene.device))
+    codes = model.audio_codes(features)
     schedule = pingpong(len(codes), scene.cameras.train)
     stats = RenderStats()
     frames = render_frames(model, codes, schedule, scene, config, stats, threads)
@@ -285,7 +286,7 @@ def render_test(model: HeadModel, features: np.ndarray, audio_wav: Path, scene: 
     samples = decode_audio(audio_wav, 16000)
     per_frame = int(16000 / FPS)
     clip = samples[test[0] * per_frame:(test[-1] + 1) * per_frame]
-    codes = model.audio_codes(torch.from_numpy(np.ascontiguousarray(features, np.float32)).to(scene.device))[test]
+    codes = model.audio_codes(features)[test]
     stats = RenderStats()
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}-scratch.") as scratch:
         wav = Path(scratch) / "test.wav"
@@ -371,11 +372,11 @@ def _run(args: argparse.Namespace) -> None:
     scene = Scene(paths, config.resolution, device)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.test:
-        features = np.load(paths.audio_features(model.extractor))
+        features = np.load(paths.audio_features(model.extractor), mmap_mode="r")
         render_test(model, features, paths.audio_wav, scene, args.out, config, args.threads)
         return
     if args.features is not None:
-        features = np.load(args.features)
+        features = np.load(args.features, mmap_mode="r")
     else:
         stats = AudioStats.load(paths.audio_stats(model.extractor))
         features = features_for(samples, stats, args.audio_model_path)

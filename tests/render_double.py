@@ -32,7 +32,8 @@ class MouthDouble:
         self.device = torch.device(device)
         self.calls: list[float | None] = []
 
-    def audio_codes(self, features: Tensor) -> Tensor:
+    def audio_codes(self, features: Tensor | np.ndarray) -> Tensor:
+        features = torch.as_tensor(np.array(features, dtype=np.float32))
         w = features.shape[1]
         own = features[:, w // 2 - 1:w // 2 + 1].mean(dim=(1, 2))
         return ((own + 1.5) / 3).clamp(0, 1)[:, None]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.audio import frame_windows
 from pipeline.audioplane import AudioPlane, AudioPlaneConfig, AudioPlaneDeformer, TalkingHead, deform
 from pipeline.gaussians import random_gaussians
 from pipeline.io import PipelineError
@@ -121,6 +122,13 @@ def test_talking_head_round_trips_and_checks_feature_shape(tmp_path):
     loaded = TalkingHead.load(tmp_path / "fine.pt")
     features = torch.randn(12, 16, 8)
     torch.testing.assert_close(loaded.audio_codes(features), head.audio_codes(features))
+    # an array (memory map, overlapping window view) is read a chunk at a time, to the same codes
+    steps = np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32)
+    view = frame_windows(steps, 12, 16)
+    assert np.shares_memory(view, steps)  # no copy: windows overlap, a copy grows 8x with the audio
+    torch.testing.assert_close(head.audio_codes(view), head.audio_codes(torch.from_numpy(view.copy())))
+    torch.testing.assert_close(head.deformer.codes(view, torch.arange(12), chunk=5),
+                               head.audio_codes(torch.from_numpy(view.copy())))
     viewmat = torch.eye(4)
     viewmat[2, 3] = 0.6
     K = torch.tensor([[60.0, 0, 24], [0, 60.0, 24], [0, 0, 1]])
