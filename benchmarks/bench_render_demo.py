@@ -62,10 +62,11 @@ def plate_leak(subject: SubjectPaths) -> dict[str, float]:
         for i in scene.cameras.test:
             rgb, alpha = model.render(codes[i], scene.viewmats[i], scene.K, scene.width, scene.height,
                                       blink=float(scene.blink[i]))
-            plate = (composite(rgb, alpha, torch.from_numpy(scene.torso(i)), scene.plate, seam).plate_weight > 0.5)
+            result = composite(rgb, alpha, torch.from_numpy(scene.torso(i)), scene.plate, seam)
+            plate = (result.plate_weight > 0.5).numpy()
             mask = load_labels(maps[i], (scene.height, scene.width)) != BACKGROUND
             for k, inside in enumerate((mask, ndimage.binary_erosion(mask, iterations=margin))):
-                leaked[k] += int(plate.numpy()[inside].sum())
+                leaked[k] += int(plate[inside].sum())
                 person[k] += int(inside.sum())
     return {"plate leak": round(leaked[0] / person[0], 4), "plate leak interior": round(leaked[1] / person[1], 4)}
 
