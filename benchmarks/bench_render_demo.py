@@ -62,7 +62,8 @@ def plate_leak(subject: SubjectPaths) -> dict[str, float]:
         for i in scene.cameras.test:
             rgb, alpha = model.render(codes[i], scene.viewmats[i], scene.K, scene.width, scene.height,
                                       blink=float(scene.blink[i]))
-            result = composite(rgb, alpha, torch.from_numpy(scene.torso(i)), scene.plate, seam)
+            torso, outline = (torch.from_numpy(layer) for layer in scene.layers(i, seam))
+            result = composite(rgb, alpha, torso, scene.plate, seam, outline)
             plate = (result.plate_weight > 0.5).numpy()
             mask = load_labels(maps[i], (scene.height, scene.width)) != BACKGROUND
             for k, inside in enumerate((mask, ndimage.binary_erosion(mask, iterations=margin))):

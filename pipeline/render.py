@@ -36,10 +36,11 @@ from torch import Tensor
 
 from pipeline import cli
 from pipeline.audio import AudioFeatureConfig, AudioStats, check_length, extract_audio_features, frame_count
-from pipeline.composite import SeamConfig, composite
+from pipeline.composite import SeamConfig, composite, outline_layer, outline_pixels
 from pipeline.dataset import Cameras, training_size
 from pipeline.io import PipelineError, list_frames, load_image, load_json, load_rgb, map_threaded
 from pipeline.media import VideoWriter, decode_audio, run_ffmpeg, write_wav
+from pipeline.parsing import load_labels
 from pipeline.paths import SubjectPaths, frame_name
 
 log = logging.getLogger("pipeline.render")
@@ -82,6 +83,7 @@ class RenderConfig:
     crf: int = 18  # H.264 quality (lower is better)
     seam_reach: float = SeamConfig.reach
     seam_overlap: float = SeamConfig.overlap
+    outline: float = SeamConfig.outline
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RenderConfig:
@@ -95,7 +97,7 @@ class RenderConfig:
 
     @property
     def seam(self) -> SeamConfig:
-        return SeamConfig(reach=self.seam_reach, overlap=self.seam_overlap)
+        return SeamConfig(reach=self.seam_reach, overlap=self.seam_overlap, outline=self.outline)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -122,14 +124,18 @@ def speech_level_dbfs(samples: np.ndarray) -> float:
 
 class Scene:
     """What a render takes from the subject's training frames, at the output size on ``device``:
-    cameras (K scaled), torso frames (decoded on demand), blink, the background plate."""
+    cameras (K scaled), torso frames and outlines (decoded on demand), blink, the background plate."""
 
     def __init__(self, paths: SubjectPaths, resolution: int | None, device: torch.device):
         self.cameras = Cameras.load(paths.cameras)
-        self.torso_files = list_frames(paths.torso, ext="png")
         n = len(self.cameras)
-        if len(self.torso_files) != n:
-            raise PipelineError(f"{paths.torso}: {len(self.torso_files)} torso frames but {paths.cameras} has {n}")
+        self.torso_files = list_frames(paths.torso, ext="png")
+        self.frame_files = list_frames(paths.frames, ext="jpg")
+        self.parsing_files = list_frames(paths.parsing, ext="png")
+        for folder, files in ((paths.torso, self.torso_files), (paths.frames, self.frame_files),
+                              (paths.parsing, self.parsing_files)):
+            if len(files) != n:
+                raise PipelineError(f"{folder}: {len(files)} frames but {paths.cameras} has {n}")
         self.blink = np.load(paths.blink) if paths.blink.is_file() else None
         if self.blink is not None and self.blink.shape != (n,):
             raise PipelineError(f"{paths.blink}: shape {self.blink.shape}, expected [{n}]")
@@ -156,6 +162,20 @@ class Scene:
         rgba = self._resized(rgba, Image.Resampling.BICUBIC)
         return rgba if rgba.flags.writeable else rgba.copy()  # torch wants writable memory
 
+    def outline(self, index: int, seam: SeamConfig) -> np.ndarray | None:
+        """uint8 [H,W,4]: the source frame's silhouette ring at the output size (composite.outline_layer),
+        or None where ``seam`` has no outline."""
+        width = outline_pixels(self.height, seam)
+        if width == 0:
+            return None
+        frame = self._resized(load_rgb(self.frame_files[index]), Image.Resampling.BOX)
+        labels = load_labels(self.parsing_files[index], (self.cameras.height, self.cameras.width))
+        return outline_layer(frame, self._resized(labels, Image.Resampling.NEAREST), width)
+
+    def layers(self, index: int, seam: SeamConfig) -> tuple[np.ndarray, np.ndarray | None]:
+        """(torso, outline) of training frame ``index`` (see :meth:`torso`, :meth:`outline`)."""
+        return self.torso(index), self.outline(index, seam)
+
 
 @dataclass
 class RenderStats:
@@ -181,14 +201,15 @@ def render_frames(model: HeadModel, codes: Tensor, schedule: Sequence[int], scen
     stats = stats if stats is not None else RenderStats()
     seam = config.seam
     with torch.inference_mode():
-        for t, torso in enumerate(map_threaded(scene.torso, schedule, threads)):
+        for t, (torso, outline) in enumerate(map_threaded(lambda i: scene.layers(i, seam), schedule, threads)):
             start = time.perf_counter()
             i = int(schedule[t])
             blink = float(scene.blink[i]) if config.blink and scene.blink is not None else None
             rgb, alpha = model.render(codes[t], scene.viewmats[i], scene.K, scene.width, scene.height, blink=blink,
                                       backend=config.backend)
-            torso_t = torch.from_numpy(torso).to(scene.device)
-            image = composite(rgb, alpha, torso_t, scene.plate, seam).image.cpu().numpy()
+            outline_t = None if outline is None else torch.from_numpy(outline).to(scene.device)
+            image = composite(rgb, alpha, torch.from_numpy(torso).to(scene.device), scene.plate, seam,
+                              outline_t).image.cpu().numpy()
             stats.render_seconds += time.perf_counter() - start
             stats.frames += 1
             yield image

@@ -16,13 +16,21 @@ from torch import Tensor
 from pipeline.audio import AudioFeatureConfig, extract_audio_features
 from pipeline.demo import DemoConfig, syllable_envelope, synthesize_speech
 from pipeline.gaussians import rasterize
-from pipeline.io import save_image, save_npy
+from pipeline.io import load_rgb, save_image, save_npy
 from pipeline.media import write_wav
+from pipeline.parsing import HAIR, NECK, TORSO
 from pipeline.paths import SubjectPaths, frame_name
 from tests.train_synthetic import make_synthetic_subject
 
 SKIN = (0.85, 0.65, 0.55)
 MOUTH = (0.1, 0.02, 0.02)
+#: A tuft of hair in the top-left corner of every source frame (rows, columns), beside the double's head, which
+#: never covers it: its colour is (250, tuft_green(i), 250) in frame i, so a test can tell which frame shows.
+TUFT = (slice(4, 14), slice(2, 16))
+
+
+def tuft_green(frame: int) -> int:
+    return 250 - 5 * frame
 
 
 class MouthDouble:
@@ -61,16 +69,27 @@ def speech(duration: float, seed: int) -> np.ndarray:
 
 
 def make_render_subject(results: Path, name: str = "synth", frames: int = 22, size: int = 64) -> SubjectPaths:
-    """A subject with what rendering reads: cameras.json, background.png, torso/, blink.npy, audio.wav and
-    mel features with their statistics (no model: render tests pass a :class:`MouthDouble`)."""
+    """A subject with what rendering reads: cameras.json, background.png, frames/ and parsing/ (the torso and
+    a :data:`TUFT` of hair), torso/, blink.npy, audio.wav and mel features with their statistics (no model:
+    render tests pass a :class:`MouthDouble`)."""
     paths = SubjectPaths.of(results, name)
-    make_synthetic_subject(paths.root, frames=frames, size=size)  # head/, background.png, cameras.json
-    paths.torso.mkdir(parents=True, exist_ok=True)
+    made = make_synthetic_subject(paths.root, frames=frames, size=size)  # head/, background.png, cameras.json
+    for folder in (paths.torso, paths.frames, paths.parsing):
+        folder.mkdir(parents=True, exist_ok=True)
+    shoulders, neck = np.s_[size - size // 6:, :], np.s_[size - size // 4:, size // 2 - size // 10:size // 2 + size // 10]
+    plate = load_rgb(made["background"])
     for i in range(frames):
         torso = np.zeros((size, size, 4), np.uint8)
-        torso[size - size // 6:, :] = (40, 120, 40, 255)  # shoulders
-        torso[size - size // 4:, size // 2 - size // 10:size // 2 + size // 10] = (200, 150, 120, 255)  # neck
+        torso[shoulders] = (40, 120, 40, 255)
+        torso[neck] = (200, 150, 120, 255)
         save_image(paths.torso / frame_name(i, "png"), torso)
+        labels = np.zeros((size, size), np.uint8)
+        labels[neck], labels[shoulders], labels[TUFT] = NECK, TORSO, HAIR
+        save_image(paths.parsing / frame_name(i, "png"), labels)
+        frame = plate.copy()  # the parsing has no head (the double renders one): the rest is background
+        frame[TUFT] = (250, tuft_green(i), 250)
+        frame[labels == NECK], frame[labels == TORSO] = (200, 150, 120), (40, 120, 40)
+        save_image(paths.frames / frame_name(i, "jpg"), frame)
     save_npy(paths.blink, np.linspace(0.2, 1.0, frames).astype(np.float32))
     samples = speech(frames / 25, seed=3)
     write_wav(paths.audio_wav, samples, 16000)

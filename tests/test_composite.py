@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
-from pipeline.composite import SeamConfig, composite
+from pipeline.composite import SeamConfig, composite, outline_layer
+from pipeline.parsing import BACKGROUND, FACE, HAIR, TORSO
 
 H = W = 100
 PLATE = (0.1, 0.2, 0.9)
@@ -92,3 +94,50 @@ def test_mismatched_sizes_are_an_error():
     head, alpha, torso, plate = scene(chin=60)
     with pytest.raises(ValueError, match="differ in size"):
         composite(head, alpha, torso[:50], plate)
+
+
+def silhouette():
+    """A 40x40 parsing map: hair disc (radius 12) with a face inside its lower half, torso from row 34;
+    and a frame whose colour encodes the pixel position (so the test can tell which pixel shows)."""
+    yy, xx = np.mgrid[0:40, 0:40]
+    labels = np.full((40, 40), BACKGROUND, np.uint8)
+    labels[(yy - 18) ** 2 + (xx - 20) ** 2 <= 144] = HAIR
+    labels[((yy - 22) ** 2 + (xx - 20) ** 2 <= 64) & (yy > 17)] = FACE
+    labels[34:] = TORSO
+    frame = np.stack([yy * 6, xx * 6, np.full_like(yy, 77)], axis=-1).astype(np.uint8)
+    return labels, frame
+
+
+def test_outline_layer_is_the_source_silhouette_ring_fading_outwards():
+    labels, frame = silhouette()
+    layer = outline_layer(frame, labels, width=2)
+    alpha = layer[..., 3]
+    np.testing.assert_array_equal(layer[..., :3], frame)  # the source frame's own pixels
+    assert alpha[6, 20] == 255 and alpha[7, 20] == 255  # hair within 2 px of the background above the head
+    assert alpha[8, 20] == 0 and alpha[18, 20] == 0  # deeper in the hair: the rendered head's business
+    assert alpha[34, 5] == 255 and alpha[35, 5] == 255  # the torso's top 2 rows border the background
+    assert alpha[36, 5] == 0 and alpha[39, 5] == 0  # the image border is not background
+    # outside the silhouette: linear fall-off over width // 4 + 1 = 1 px (+1), then nothing
+    assert 0 < alpha[5, 20] < 255 and alpha[3, 20] == 0
+    # the face never enters the ring (the jaw moves with the audio), even where it borders the background
+    face_edge = (labels == FACE) & ndimage.binary_dilation(labels == BACKGROUND)
+    assert face_edge.any() and alpha[labels == FACE].max() == 0
+    assert not outline_layer(frame, labels, width=0)[..., 3].any()
+
+
+def test_outline_fills_the_silhouette_where_the_head_is_transparent():
+    labels, frame = silhouette()
+    layer = torch.from_numpy(outline_layer(frame, labels, width=2))
+    plate = torch.full((40, 40, 3), 0.5)
+    torso = torch.zeros(40, 40, 4, dtype=torch.uint8)
+    alpha = torch.zeros(40, 40, 1)  # a head that renders nothing at all
+    result = composite(torch.zeros(40, 40, 3), alpha, torso, plate, SeamConfig(reach=0), layer)
+    assert tuple(result.image[6, 20].tolist()) == tuple(frame[6, 20])
+    assert result.plate_weight[6, 20] == 0 and result.plate_weight[18, 20] == 1
+    bare = composite(torch.zeros(40, 40, 3), alpha, torso, plate, SeamConfig(reach=0))
+    assert bare.plate_weight[6, 20] == 1  # without the layer the plate shows there
+    opaque = composite(torch.full((40, 40, 3), 0.2), torch.ones(40, 40, 1), torso, plate, SeamConfig(reach=0),
+                       layer)
+    assert tuple(opaque.image[6, 20].tolist()) == (51, 51, 51)  # an opaque head covers the ring
+    with pytest.raises(ValueError, match="differ in size"):
+        composite(torch.zeros(40, 40, 3), alpha, torso, plate, SeamConfig(reach=0), layer[:20])

@@ -12,7 +12,7 @@ from pipeline.audio import AudioFeatureConfig, AudioStats, drive_features
 from pipeline.io import save_json
 from pipeline.media import iter_frames, probe, write_wav
 from pipeline.render import RenderConfig, Scene, pingpong, render_drive, render_test
-from tests.render_double import MouthDouble, make_render_subject, speech
+from tests.render_double import TUFT, MouthDouble, make_render_subject, speech, tuft_green
 
 
 def test_pingpong_goes_forward_then_backward_without_repeating_turns():
@@ -61,7 +61,8 @@ def test_driven_render_follows_the_audio_frame_by_frame(subject, tmp_path):
 
 
 def face_centre(frame: np.ndarray) -> np.ndarray:
-    skin = (np.abs(frame.astype(np.float64) - np.array([217, 166, 140])).sum(axis=2) < 60)
+    # tight enough to leave out the neck's (200, 150, 120)
+    skin = (np.abs(frame.astype(np.float64) - np.array([217, 166, 140])).sum(axis=2) < 40)
     yy, xx = np.nonzero(skin)
     return np.array([xx.mean(), yy.mean()])
 
@@ -79,6 +80,21 @@ def test_test_split_uses_its_own_poses_torsos_and_audio(subject, tmp_path):
         uvw = scene.cameras.K @ w2c[:3, 3]  # the head frame's origin, where the ellipsoid is centred
         assert np.linalg.norm(face_centre(frame) - uvw[:2] / uvw[2]) < 2.0
         assert np.abs(frame[-3:, :8].astype(int) - (40, 120, 40)).max() < 12  # the torso's shoulders
+        # the hair tuft the head does not cover: its own frame's pixels on the silhouette ring, plate inside
+        luma = frame.astype(float) @ (0.299, 0.587, 0.114)
+        assert luma[TUFT][0, 4:10].mean() > luma[8:10, 6:12].mean() + 40
+
+
+def test_scene_outline_is_the_scheduled_frames_silhouette_at_the_output_size(subject):
+    scene = Scene(subject, resolution=96, device=torch.device("cpu"))  # stored at 64²
+    seam = RenderConfig().seam
+    for i in (3, 12):
+        torso, outline = scene.layers(i, seam)
+        assert torso.shape == outline.shape == (96, 96, 4)
+        ring, inside = (7, 12), (13, 12)  # the tuft's top row and its middle, at 96²
+        assert outline[ring + (3,)] == 255 and outline[inside + (3,)] == 0
+        assert abs(int(outline[ring + (1,)]) - tuft_green(i)) < 12  # frame i's own tuft
+    assert scene.layers(3, RenderConfig(outline=0).seam)[1] is None
 
 
 def test_paste_back_places_the_crop_in_the_full_frame(subject, tmp_path, make_clip):
