@@ -76,7 +76,8 @@ def make_render_subject(results: Path, name: str = "synth", frames: int = 22, si
     made = make_synthetic_subject(paths.root, frames=frames, size=size)  # head/, background.png, cameras.json
     for folder in (paths.torso, paths.frames, paths.parsing):
         folder.mkdir(parents=True, exist_ok=True)
-    shoulders, neck = np.s_[size - size // 6:, :], np.s_[size - size // 4:, size // 2 - size // 10:size // 2 + size // 10]
+    shoulders = np.s_[size - size // 6:, :]
+    neck = np.s_[size - size // 4:, size // 2 - size // 10:size // 2 + size // 10]
     plate = load_rgb(made["background"])
     for i in range(frames):
         torso = np.zeros((size, size, 4), np.uint8)
