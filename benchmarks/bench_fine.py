@@ -66,6 +66,7 @@ def main() -> None:
             cmd = [sys.executable, "-m", "pipeline.fine", "--coarse", str(s / "gaussians" / "coarse.pt"),
                    "--head", str(s / "head"), "--background", str(s / "background.png"),
                    "--cameras", str(s / "cameras.json"), "--masks", str(s / "mouth_masks"),
+                   "--parsing", str(s / "parsing"),
                    "--landmarks", str(s / "landmarks.npy"), "--blink", str(s / "blink.npy"),
                    "--features", str(s / "audio_features" / f"{args.extractor}.npy"),
                    "--stats", str(s / "audio_features" / f"{args.extractor}_stats.npz"),

@@ -93,6 +93,7 @@ class FineConfig:
     lambda_shape: float = 1.0  # mouth-shape readout of the audio code (0: off)
     shape_batch: int = 16  # training frames per iteration for that readout
     dynamic_splatting: bool = True
+    mask_trains_dynamism: bool = False  # d learns from the mask term alone; image and landmark terms see it fixed
     mouth_seed: int = 300  # faint Gaussians behind the lips (0: none)
     lr_grids: float = 5e-3  # planes, lines and prototype grids
     lr_networks: float = 5e-4  # audio encoder, attention, decoders
@@ -314,7 +315,8 @@ def fine_step(gaussians: GaussianModel, deformer: AudioPlaneDeformer, data: Fine
     codes = deformer.code(data.windows(deformer.neighbour_indices(frames, len(data))))  # one encoder pass
     code = codes[0]
     delta, d = deformer(gaussians.means, code, float(data.blink[frame]))
-    moved = deform(gaussians, delta, d, config.model)
+    gate = d.detach() if config.dynamic_splatting and config.mask_trains_dynamism else d
+    moved = deform(gaussians, delta, gate, config.model)
     raster = render_deformed(moved, views.viewmat(frame), views.K, views.width, views.height, sh_degree, backend)
     head = data.head_mask(frame)
     image, target = over_background(raster.color[0], raster.alpha[0], views.image(frame), views.background, head,
@@ -342,7 +344,10 @@ def fine_step(gaussians: GaussianModel, deformer: AudioPlaneDeformer, data: Fine
         loss = loss + config.lambda_mouth * losses["mouth"]
     if config.lambda_landmarks > 0:
         points = data.canonical_mouth
-        moved_points = displace(points, *deformer(points, code, float(data.blink[frame])), config.model)
+        point_delta, point_d = deformer(points, code, float(data.blink[frame]))
+        if config.dynamic_splatting and config.mask_trains_dynamism:
+            point_d = point_d.detach()
+        moved_points = displace(points, point_delta, point_d, config.model)
         predicted, detected = project(moved_points, views.viewmat(frame), views.K), data.mouth_points[frame]
         offset = (predicted - predicted.mean(dim=0)) - (detected - detected.mean(dim=0))
         losses["landmarks"] = offset.abs().mean()
