@@ -213,6 +213,29 @@ def test_mask_loss_trains_dynamism_not_geometry(subject):
     assert photo_grad.abs().max() > 0  # the photometric loss does move the geometry
 
 
+@pytest.mark.parametrize("gated", [True, False])
+def test_only_the_mask_trains_dynamism_unless_asked(subject, gated):
+    """mask_trains_dynamism: the image and landmark terms reach ΔG but not D2; off, they reach D2 too."""
+    torch.manual_seed(0)
+    config = small_config(mask_trains_dynamism=gated)
+    data = load(subject, config)
+    coarse = fine.load_coarse(subject["coarse"])
+    model_config = replace(config.model, audio_channels=data.features.shape[2], window=data.features.shape[1])
+    deformer = AudioPlaneDeformer(model_config, torch.tensor(coarse["head_box"], dtype=torch.float32))
+    torch.nn.init.normal_(deformer.delta[-1].weight, std=0.1)  # a ΔG that moves something, so d matters
+    gaussians = fine.GaussianModel(**coarse["model"])
+    step = fine.fine_step(gaussians, deformer, data, 5, replace(config, model=model_config), 0, "torch",
+                          perceptual_loss("dssim"))
+    for term in ("l1", "mouth", "landmarks"):
+        dyn, delta = torch.autograd.grad(step.losses[term], [deformer.dynamism[-1].weight, deformer.delta[-1].weight],
+                                         allow_unused=True, retain_graph=True)
+        assert delta.abs().max() > 0, term
+        reaches = dyn is not None and dyn.abs().max() > 0
+        assert reaches != gated, term
+    mask_grad = torch.autograd.grad(step.losses["mask"], deformer.dynamism[-1].weight, retain_graph=True)[0]
+    assert mask_grad.abs().max() > 0
+
+
 def test_training_never_sees_test_audio(subject, monkeypatch):
     assert audio_safe_train_frames(list(range(90)), list(range(90, 99)), 8) == list(range(82))
     assert audio_safe_train_frames([0, 1, 2, 3, 10, 11], [5, 6], 2) == [0, 1, 2, 10, 11]
