@@ -79,8 +79,9 @@ def outline_layer(frame: np.ndarray, labels: np.ndarray, width: int) -> np.ndarr
 
     frame: uint8 [H,W,3]; labels: parsing labels [H,W] of the same frame and size; width: band width in
     pixels. Opaque on the ring of :data:`OUTLINE_LABELS` pixels within ``width`` of the background (the image
-    border does not count as background); outside the silhouette the alpha falls linearly to 0 over ``width``
-    pixels, so the band carries the frame's own soft edge into the plate instead of a hard cut.
+    border does not count as background); outside the silhouette the alpha falls linearly to 0 over
+    ``width // 4 + 2`` pixels, so the band carries the frame's own soft edge into the plate instead of a hard
+    cut.
     """
     if frame.shape[:2] != labels.shape:
         raise ValueError(f"outline: frame {frame.shape[:2]} and labels {labels.shape} differ in size")

@@ -7,7 +7,7 @@ code, the deformer moves the canonical Gaussians (G' = G + d ΔG), and three ren
   dilated mouth mask m: mean(max(0, |m - g| - margin)), weight ``lambda_mask``; with
   ``mask_trains_dynamism`` (default) this is the only term that trains d (the others see it as a fixed
   gate): trained jointly, the image terms pushed d below 0.5 everywhere once the landmark term was on, and
-  the mouth's motion then lived in a 5-20x larger ΔG (d IoU 0.00; with the gate 0.90, and better lip sync);
+  the mouth's motion lived in ΔG alone (d IoU 0.00 on the demo; with the gate 0.90, and better lip sync);
 - the mouth (and chin) box at ``mouth_resolution``, where a lip gap is several pixels wide even when the
   training size makes it one: L1 + λ·perceptual, weight ``lambda_mouth``.
 With ``random_background`` the head and mouth renders are composited over a random colour drawn each
@@ -317,9 +317,9 @@ def fine_step(gaussians: GaussianModel, deformer: AudioPlaneDeformer, data: Fine
     frames = torch.tensor([frame]) if shape_frames is None else torch.cat([torch.tensor([frame]), shape_frames])
     codes = deformer.code(data.windows(deformer.neighbour_indices(frames, len(data))))  # one encoder pass
     code = codes[0]
+    fixed_gate = config.dynamic_splatting and config.mask_trains_dynamism  # only the mask term trains d
     delta, d = deformer(gaussians.means, code, float(data.blink[frame]))
-    gate = d.detach() if config.dynamic_splatting and config.mask_trains_dynamism else d
-    moved = deform(gaussians, delta, gate, config.model)
+    moved = deform(gaussians, delta, d.detach() if fixed_gate else d, config.model)
     raster = render_deformed(moved, views.viewmat(frame), views.K, views.width, views.height, sh_degree, backend)
     head = data.head_mask(frame)
     image, target = over_background(raster.color[0], raster.alpha[0], views.image(frame), views.background, head,
@@ -348,9 +348,7 @@ def fine_step(gaussians: GaussianModel, deformer: AudioPlaneDeformer, data: Fine
     if config.lambda_landmarks > 0:
         points = data.canonical_mouth
         point_delta, point_d = deformer(points, code, float(data.blink[frame]))
-        if config.dynamic_splatting and config.mask_trains_dynamism:
-            point_d = point_d.detach()
-        moved_points = displace(points, point_delta, point_d, config.model)
+        moved_points = displace(points, point_delta, point_d.detach() if fixed_gate else point_d, config.model)
         predicted, detected = project(moved_points, views.viewmat(frame), views.K), data.mouth_points[frame]
         offset = (predicted - predicted.mean(dim=0)) - (detected - detected.mean(dim=0))
         losses["landmarks"] = offset.abs().mean()

@@ -192,17 +192,25 @@ def test_random_background_penalises_plate_coloured_gaussians():
     assert (image - want).abs()[head == 0].mean() > 0.2
 
 
-def test_mask_loss_trains_dynamism_not_geometry(subject):
-    """Dynamic splatting rasterizes d with the geometry detached: its loss reaches D2, never D1 (ΔG)."""
+def untrained_step(subject, config: fine.FineConfig, delta_std: float = 0.0):
+    """(deformer, FineStep) of frame 5 with a fresh deformer; ``delta_std`` > 0 draws D1's last layer at random
+    (at 0, as initialised, ΔG = 0)."""
     torch.manual_seed(0)
-    config = small_config(lambda_mouth=0.0)
     data = load(subject, config)
     coarse = fine.load_coarse(subject["coarse"])
     model_config = replace(config.model, audio_channels=data.features.shape[2], window=data.features.shape[1])
     deformer = AudioPlaneDeformer(model_config, torch.tensor(coarse["head_box"], dtype=torch.float32))
+    if delta_std > 0:
+        torch.nn.init.normal_(deformer.delta[-1].weight, std=delta_std)
     gaussians = fine.GaussianModel(**coarse["model"])
     step = fine.fine_step(gaussians, deformer, data, 5, replace(config, model=model_config), 0, "torch",
                           perceptual_loss("dssim"))
+    return deformer, step
+
+
+def test_mask_loss_trains_dynamism_not_geometry(subject):
+    """Dynamic splatting rasterizes d with the geometry detached: its loss reaches D2, never D1 (ΔG)."""
+    deformer, step = untrained_step(subject, small_config(lambda_mouth=0.0))
     mask_loss = step.losses["mask"]
     assert mask_loss > 0
     delta_grad, dyn_grad = torch.autograd.grad(mask_loss, [deformer.delta[-1].weight, deformer.dynamism[-1].weight],
@@ -216,16 +224,8 @@ def test_mask_loss_trains_dynamism_not_geometry(subject):
 @pytest.mark.parametrize("gated", [True, False])
 def test_only_the_mask_trains_dynamism_unless_asked(subject, gated):
     """mask_trains_dynamism: the image and landmark terms reach ΔG but not D2; off, they reach D2 too."""
-    torch.manual_seed(0)
-    config = small_config(mask_trains_dynamism=gated)
-    data = load(subject, config)
-    coarse = fine.load_coarse(subject["coarse"])
-    model_config = replace(config.model, audio_channels=data.features.shape[2], window=data.features.shape[1])
-    deformer = AudioPlaneDeformer(model_config, torch.tensor(coarse["head_box"], dtype=torch.float32))
-    torch.nn.init.normal_(deformer.delta[-1].weight, std=0.1)  # a ΔG that moves something, so d matters
-    gaussians = fine.GaussianModel(**coarse["model"])
-    step = fine.fine_step(gaussians, deformer, data, 5, replace(config, model=model_config), 0, "torch",
-                          perceptual_loss("dssim"))
+    # a ΔG that moves something, so that d matters to the other terms
+    deformer, step = untrained_step(subject, small_config(mask_trains_dynamism=gated), delta_std=0.1)
     for term in ("l1", "mouth", "landmarks"):
         dyn, delta = torch.autograd.grad(step.losses[term], [deformer.dynamism[-1].weight, deformer.delta[-1].weight],
                                          allow_unused=True, retain_graph=True)
