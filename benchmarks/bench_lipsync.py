@@ -1,9 +1,10 @@
 """Lip-sync and image figures of a trained subject on its test split (frames whose audio training never saw).
 
     python benchmarks/bench_lipsync.py [--subject results/demo] [--truth resources/demo/ground_truth.npz]
+        [--model other/fine.pt] [--size 256]
 
-Renders the test split at the frame size with the fine model (its own audio, and the same audio shuffled in
-time) and with the coarse model, runs the face mesh on every render, and prints one markdown row:
+Renders the test split at the frame size (or ``--size``) with the fine model (its own audio, and the same
+audio shuffled in time) and with the coarse model, runs the face mesh on every render, and prints one markdown row:
 - mouth aperture of the renders vs the real frames (face mesh on both): Pearson r, r of frame-to-frame
   differences, and r with the audio shuffled; with ``--truth`` (the demo) r against the generator's aperture;
 - chin drop (nose tip to chin) of the renders vs the real frames;
@@ -54,12 +55,15 @@ def corr(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(x[ok], y[ok])[0, 1])
 
 
-def measure(subject: Path, truth_file: Path | None = None) -> dict:
-    """The row of one trained subject (see the module docstring); ``truth_file``: the demo's ground truth."""
+def measure(subject: Path, truth_file: Path | None = None, model: Path | None = None,
+            size: int | None = None) -> dict:
+    """The row of one trained subject (see the module docstring); ``truth_file``: the demo's ground truth;
+    ``model``: a fine.pt other than the subject's own; ``size``: the side of renders and real frames
+    (None: the frame size)."""
     paths = SubjectPaths(subject)
-    head = TalkingHead.load(paths.fine_pt)
+    head = TalkingHead.load(model or paths.fine_pt)
     cameras = Cameras.load(paths.cameras)
-    views = HeadViews(paths.head, cameras, paths.background)
+    views = HeadViews(paths.head, cameras, paths.background, size)
     masks = FrameStore(list_frames(paths.mouth_masks, ext="png"), (cameras.width, cameras.height),
                        (views.width, views.height), grey=True)
     features = torch.from_numpy(np.load(paths.audio_features(head.extractor)))
@@ -97,9 +101,11 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--subject", type=Path, default=ROOT / "results" / "demo")
     p.add_argument("--truth", type=Path, default=None, help="the demo's ground_truth.npz")
+    p.add_argument("--model", type=Path, default=None, help="a fine.pt other than the subject's model/fine.pt")
+    p.add_argument("--size", type=int, default=None, help="measure at this side (default: the frame size)")
     args = p.parse_args()
     torch.set_num_threads(1)
-    row = measure(args.subject, args.truth)
+    row = measure(args.subject, args.truth, args.model, args.size)
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}))
     print("| " + " | ".join(row) + " |")
     print("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
