@@ -28,6 +28,7 @@ from pipeline import landmarks as lmk  # noqa: E402
 from pipeline.audioplane import TalkingHead  # noqa: E402
 from pipeline.dataset import Cameras, FrameStore, HeadViews  # noqa: E402
 from pipeline.gaussians import GaussianModel  # noqa: E402
+from pipeline.gaussians.lowpass import training_lowpass  # noqa: E402
 from pipeline.io import list_frames  # noqa: E402
 from pipeline.paths import SubjectPaths  # noqa: E402
 from pipeline.train import render_view, to_uint8  # noqa: E402
@@ -72,9 +73,14 @@ def measure(subject: Path, truth_file: Path | None = None, model: Path | None = 
     shuffled = features[torch.randperm(len(features), generator=torch.Generator().manual_seed(0))]
     renders = fine_renders(head, views, features, test, blink)
     renders_shuffled = fine_renders(head, views, shuffled, test, blink)
-    coarse = GaussianModel(**torch.load(paths.coarse_pt, weights_only=False)["model"])
+    saved = torch.load(paths.coarse_pt, weights_only=False)
+    coarse = GaussianModel(**saved["model"])
+    # the coarse model with its training image's low-pass too, as the fine head renders (gaussians/lowpass.py)
+    coarse_focal = float(views.K[0, 0]) * saved["train_size"][0] / views.width
     with torch.no_grad():
-        coarse_renders = [to_uint8(render_view(coarse, views, f, coarse.sh_degree, "torch")[0]) for f in test]
+        coarse_renders = [to_uint8(render_view(training_lowpass(coarse, views.viewmat(f), float(views.K[0, 0]),
+                                                                coarse_focal), views, f, coarse.sh_degree,
+                                               "torch")[0]) for f in test]
     real = [views.pixels(f) for f in test]
     lm_real = lmk.detect_sequence(real)
     lm_fine, lm_shuffled = lmk.detect_sequence(renders), lmk.detect_sequence(renders_shuffled)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.gaussians import GaussianModel, rasterize
+from pipeline.gaussians.lowpass import training_lowpass
 from pipeline.io import PipelineError
 
 FUSIONS = ("concat", "add", "multiply")
@@ -258,16 +259,19 @@ class TalkingHead:
     """A trained fine model (``fine.pt``): canonical Gaussians and the deformer, ready to render; CPU or CUDA.
 
     ``extractor``: the audio extractor it was trained with (features ``{extractor}.npy``);
-    ``audio_stats``: the normalisation those features carry (mean, std [C]).
+    ``audio_stats``: the normalisation those features carry (mean, std [C]);
+    ``train_widths``: [N] width of the images each Gaussian was trained on (the mouth box's frames or the
+    head's): renders wider than that keep its low-pass (gaussians/lowpass.py); None: none.
     """
 
     def __init__(self, gaussians: GaussianModel, deformer: AudioPlaneDeformer, extractor: str,
-                 audio_stats: dict[str, np.ndarray], sh_degree: int):
+                 audio_stats: dict[str, np.ndarray], sh_degree: int, train_widths: Tensor | None = None):
         self.gaussians = gaussians
         self.deformer = deformer.eval()
         self.extractor = extractor
         self.audio_stats = audio_stats
         self.sh_degree = sh_degree
+        self.train_widths = train_widths
 
     @property
     def device(self) -> torch.device:
@@ -278,7 +282,8 @@ class TalkingHead:
         return {"gaussians": {k: t.detach().cpu() for k, t in self.gaussians.tensors().items()},
                 "deformer": {k: t.detach().cpu() for k, t in self.deformer.state_dict().items()},
                 "model_config": asdict(self.deformer.config), "extractor": self.extractor,
-                "audio_stats": self.audio_stats, "sh_degree": self.sh_degree}
+                "audio_stats": self.audio_stats, "sh_degree": self.sh_degree,
+                "train_widths": None if self.train_widths is None else self.train_widths.cpu()}
 
     @classmethod
     def from_state(cls, state: dict[str, Any], device: torch.device | str = "cpu") -> TalkingHead:
@@ -286,7 +291,9 @@ class TalkingHead:
         deformer = AudioPlaneDeformer(config, state["deformer"]["box"])
         deformer.load_state_dict(state["deformer"])
         gaussians = GaussianModel(**state["gaussians"]).map(lambda t: t.to(device))
-        return cls(gaussians, deformer.to(device), state["extractor"], state["audio_stats"], state["sh_degree"])
+        widths = state.get("train_widths")  # absent from models trained before the low-pass: no filter
+        return cls(gaussians, deformer.to(device), state["extractor"], state["audio_stats"], state["sh_degree"],
+                   None if widths is None else widths.to(device))
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> TalkingHead:
@@ -321,6 +328,10 @@ class TalkingHead:
     def render(self, code: Tensor, viewmat: Tensor, K: Tensor, width: int, height: int, blink: float | None = None,
                backend: str = "auto") -> tuple[Tensor, Tensor]:
         """One frame: (premultiplied head colour [H, W, 3] without background, alpha [H, W, 1])."""
-        result = render_deformed(self.deformed(code, blink)[0], viewmat.to(self.device).float(),
-                                 K.to(self.device).float(), width, height, self.sh_degree, backend)
+        viewmat, K = viewmat.to(self.device).float(), K.to(self.device).float()
+        moved = self.deformed(code, blink)[0]
+        if self.train_widths is not None:
+            focal = float(K[0, 0])
+            moved = training_lowpass(moved, viewmat, focal, focal / width * self.train_widths)
+        result = render_deformed(moved, viewmat, K, width, height, self.sh_degree, backend)
         return result.color[0].clamp(0, 1), result.alpha[0]

@@ -144,6 +144,24 @@ def mouth_boxes(landmarks: np.ndarray, size: tuple[int, int], scale: float, size
     return np.concatenate([corner, np.full((len(corner), 1), side)], axis=1)
 
 
+def mouth_box_members(canonical: np.ndarray, means: Tensor, size_factor: float) -> Tensor:
+    """bool [N]: the Gaussians whose canonical (x, y) falls in the mouth box of :func:`mouth_boxes` drawn on the
+    canonical face mesh [478, 3] (x right, y down, like the image): those the mouth box supervises."""
+    side = size_factor * float(np.ptp(canonical[list(lmk.LIPS_OUTER), 0]))
+    centre = canonical[list(lmk.MOUTH), :2].mean(axis=0) + np.array([0.0, 0.2 * side])
+    centre = torch.as_tensor(centre, dtype=means.dtype, device=means.device)
+    return ((means[:, :2] - centre).abs() <= side / 2).all(dim=1)
+
+
+def train_widths(gaussians: GaussianModel, views: HeadViews, mouth_width: int, config: FineConfig) -> Tensor:
+    """[N] width of the images each Gaussian was trained on: the mouth box's frames inside it, else the head's."""
+    means = gaussians.means.detach().cpu()
+    widths = torch.full((len(means),), float(views.width))
+    if config.lambda_mouth > 0:
+        widths[mouth_box_members(views.cameras.canonical_landmarks, means, config.mouth_box)] = float(mouth_width)
+    return widths
+
+
 class FineData:
     """What fine training reads per frame: the head views, the mouth views and boxes, the mouth masks and
     head masks (from the parsing) at the training size, the audio features [N, W, C] (memory-mapped), blink
@@ -588,7 +606,8 @@ def _run(args: argparse.Namespace) -> None:
     with StopFlag().installed() as stop:
         result = train_fine(data, coarse, config, checkpointer, stop, backend=args.backend)
     stats = read_stats(args.stats)
-    head = TalkingHead(result.gaussians, result.deformer, args.extractor, stats, int(coarse["config"]["sh_degree"]))
+    head = TalkingHead(result.gaussians, result.deformer, args.extractor, stats, int(coarse["config"]["sh_degree"]),
+                       train_widths(result.gaussians, views, data.mouth_views.width, config))
     test_frames = [views.cameras.test[i] for i in evenly_spaced(len(views.cameras.test), 16)]
     test = evaluate_fine(head, data, test_frames, args.backend)
     log.info("fine: %d Gaussians, test PSNR %.2f dB, mouth-mask PSNR %.2f dB", len(result.gaussians), test["psnr"],

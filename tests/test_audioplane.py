@@ -117,9 +117,12 @@ def test_talking_head_round_trips_and_checks_feature_shape(tmp_path):
     with torch.no_grad():
         deformer.delta[-1].weight.normal_()  # a deformer that moves something
     g = random_gaussians(60, tuple(BOX[0].tolist()), tuple(BOX[1].tolist()), sh_degree=1, opacity=0.6)
-    head = TalkingHead(g, deformer, "mel", {"mean": np.zeros(8, np.float32), "std": np.ones(8, np.float32)}, 1)
+    stats = {"mean": np.zeros(8, np.float32), "std": np.ones(8, np.float32)}
+    widths = torch.tensor([24.0, 48.0]).repeat_interleave(30)  # half trained at 24 px wide, half at 48
+    head = TalkingHead(g, deformer, "mel", stats, 1, train_widths=widths)
     torch.save({"head": head.state()}, tmp_path / "fine.pt")
     loaded = TalkingHead.load(tmp_path / "fine.pt")
+    assert torch.equal(loaded.train_widths, widths)
     features = torch.randn(12, 16, 8)
     torch.testing.assert_close(loaded.audio_codes(features), head.audio_codes(features))
     # an array (memory map, overlapping window view) is read a chunk at a time, to the same codes
@@ -137,6 +140,13 @@ def test_talking_head_round_trips_and_checks_feature_shape(tmp_path):
     rgb0, alpha0 = head.render(code, viewmat, K, 48, 48, blink=1.0, backend="torch")
     assert rgb.shape == (48, 48, 3) and alpha.shape == (48, 48, 1) and alpha.max() > 0.1
     torch.testing.assert_close(rgb, rgb0)
+    # wider than it was trained, the head keeps its training low-pass; at the training width nothing changes
+    unfiltered = TalkingHead(g, deformer, "mel", stats, 1)
+    assert (unfiltered.render(code, viewmat, K, 48, 48, blink=1.0, backend="torch")[1] - alpha).abs().max() > 1e-3
+    K_train = K.clone()
+    K_train[:2] /= 2
+    torch.testing.assert_close(loaded.render(code, viewmat, K_train, 24, 24, blink=1.0, backend="torch"),
+                               unfiltered.render(code, viewmat, K_train, 24, 24, blink=1.0, backend="torch"))
     with pytest.raises(PipelineError, match="do not fit this model"):
         head.audio_codes(torch.randn(5, 16, 9))
     (tmp_path / "bad.pt").write_bytes(b"not a model")

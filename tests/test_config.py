@@ -17,7 +17,6 @@ def _sheets(tmp_path, subjects: str, drives: str = "subject\taudio_id\taudio\n")
 def test_defaults_are_filled(tmp_path):
     s = cfg.load(_sheets(tmp_path, "subject\tvideo\nalice\ta.mp4\n"))
     assert s.config["prepare"]["resolution"] == 512
-    assert s.config["presets"]["cpu"]["resolution"] == 256
     assert s.subjects["alice"] == cfg.Subject("alice", "a.mp4", "default", 512, "whisper")
 
 
@@ -35,7 +34,8 @@ def test_bad_value_fails_naming_key(tmp_path):
 
 def test_sheet_overrides_preset_overrides_config(tmp_path):
     sheet = "subject\tvideo\tpreset\tresolution\na\ta.mp4\tcpu\t\nb\tb.mp4\tcpu\t384\nc\tc.mp4\t\t\n"
-    s = cfg.load({**_sheets(tmp_path, sheet), "prepare": {"resolution": 320}})
+    s = cfg.load({**_sheets(tmp_path, sheet), "prepare": {"resolution": 320},
+                  "presets": {"cpu": {"resolution": 256}}})
     assert (s.subjects["a"].resolution, s.subjects["b"].resolution, s.subjects["c"].resolution) == (256, 384, 320)
     assert s.subjects["a"].preset == "cpu" and s.subjects["c"].preset == "default"
 
@@ -51,7 +51,7 @@ def test_sheet_extractor_overrides_the_config(tmp_path):
 def test_auto_preset_follows_cuda(tmp_path, monkeypatch):
     monkeypatch.setattr(cfg, "cuda_available", lambda: False)
     s = cfg.load(_sheets(tmp_path, "subject\tvideo\tpreset\na\ta.mp4\tauto\n"))
-    assert s.subjects["a"].preset == "cpu" and s.subjects["a"].resolution == 256
+    assert s.subjects["a"].preset == "cpu" and s.subjects["a"].resolution == 512
     monkeypatch.setattr(cfg, "cuda_available", lambda: True)
     s = cfg.load(_sheets(tmp_path, "subject\tvideo\tpreset\na\ta.mp4\tauto\n"))
     assert s.subjects["a"].preset == "default" and s.subjects["a"].resolution == 512
@@ -93,3 +93,14 @@ def test_shipped_config_is_valid(repo, monkeypatch):
     s = cfg.load(yaml.safe_load((repo / "config" / "config.yaml").read_text()))
     assert "demo" in s.subjects and s.subjects["demo"].video == "resources/demo/video.mp4"
     assert [d.subject for d in s.drives] == ["demo"]
+
+
+def test_cpu_preset_renders_at_256_from_512_frames(tmp_path):
+    """The cpu preset prepares real footage at 512² (the mouth box needs it) and renders at 256² (its 128² head
+    shows streaks at 512²); the default preset renders at the frame size; a preset's unknown render key fails."""
+    s = cfg.load(_sheets(tmp_path, "subject\tvideo\tpreset\na\ta.mp4\tcpu\nb\tb.mp4\tdefault\n"))
+    assert s.subjects["a"].resolution == 512
+    assert cfg.stage_settings(s.config, "cpu", "render")["resolution"] == 256
+    assert cfg.stage_settings(s.config, "default", "render")["resolution"] is None
+    with pytest.raises(PipelineError, match=r"presets.cpu.render"):
+        cfg.load({**_sheets(tmp_path, "subject\tvideo\na\ta.mp4\n"), "presets": {"cpu": {"render": {"size": 256}}}})

@@ -236,6 +236,21 @@ def test_only_the_mask_trains_dynamism_unless_asked(subject, gated):
     assert mask_grad.abs().max() > 0
 
 
+def test_mouth_box_members_are_the_mouth_and_chin():
+    # a face-shaped mesh (metres, y down): lips on ellipses 5 cm wide, 4 cm below the origin
+    canonical = np.zeros((478, 3))
+    for ring, (a, b) in ((lmk.LIPS_OUTER, (0.025, 0.012)), (lmk.LIPS_INNER, (0.018, 0.004))):
+        t = np.linspace(0, 2 * np.pi, len(ring), endpoint=False)
+        canonical[list(ring), 0], canonical[list(ring), 1] = a * np.cos(t), 0.04 + b * np.sin(t)
+    canonical[152, 1], canonical[10, 1] = 0.09, -0.08  # chin, forehead
+    canonical[[33, 263], :2] = [[-0.045, -0.03], [0.045, -0.03]]  # eye corners
+    inside = fine.mouth_box_members(canonical, torch.from_numpy(canonical).float(), size_factor=2.0)
+    assert bool(inside[list(lmk.MOUTH)].all()) and bool(inside[152])  # lips and chin
+    assert not bool(inside[[10, 33, 263]].any())  # forehead, eye corners
+    narrow = fine.mouth_box_members(canonical, torch.from_numpy(canonical).float(), size_factor=0.5)
+    assert int(narrow.sum()) < int(inside.sum()) and not bool(narrow[152])
+
+
 def test_training_never_sees_test_audio(subject, monkeypatch):
     assert audio_safe_train_frames(list(range(90)), list(range(90, 99)), 8) == list(range(82))
     assert audio_safe_train_frames([0, 1, 2, 3, 10, 11], [5, 6], 2) == [0, 1, 2, 10, 11]
@@ -282,6 +297,8 @@ def test_cli_writes_a_fine_model_that_renders_on_cpu(subject, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     head = TalkingHead.load(out / "fine.pt")
     assert head.extractor == "synthetic" and head.device.type == "cpu"
+    # head trained at 48², the mouth box at the frame size: renders wider keep those low-passes
+    assert set(head.train_widths.tolist()) == {48.0, float(fine.Cameras.load(subject["cameras"]).width)}
     saved = torch.load(out / "fine.pt", weights_only=False)
     assert saved["iterations"] == 20 and np.isfinite(saved["test"]["psnr"])
     with (out / "train_log.csv").open() as fh:

@@ -140,8 +140,11 @@ def test_demo_dag_runs_as_slurm_jobs_and_matches_a_local_run(slurm_cluster, tmp_
     from tests.workflow_helpers import TINY_COARSE, TINY_FINE
 
     config = ("demo: {duration: 3.0, size: 256, drive_duration: 2.0}\n"
-              f"presets: {{cpu: {{resolution: 128, coarse: {json.dumps(TINY_COARSE)}, "
-              f"fine: {json.dumps(TINY_FINE)}}}}}\n")
+              f"presets: {{cpu: {{coarse: {json.dumps(TINY_COARSE)}, fine: {json.dumps(TINY_FINE)}}}}}\n")
+    # the repository's demo row at 128² (the sheet's resolution wins over presets)
+    sheet = (REPO / "config" / "subjects.tsv").read_text().replace("\tauto\t256\t", "\tauto\t128\t")
+    assert "\t128\t" in sheet
+    (tmp_path / "subjects.tsv").write_text(sheet)
     runs = {}
     for name in ("slurm", "local"):
         work = tmp_path / name
@@ -149,7 +152,7 @@ def test_demo_dag_runs_as_slurm_jobs_and_matches_a_local_run(slurm_cluster, tmp_
         (work / "extra.yaml").write_text(config)
         runs[name] = work
     base = [*SNAKEMAKE, "--configfile", str(REPO / "config" / "config.yaml")]
-    common = ["--config", f"subjects={REPO}/config/subjects.tsv", f"drives={REPO}/config/drives.tsv"]
+    common = ["--config", f"subjects={tmp_path}/subjects.tsv", f"drives={REPO}/config/drives.tsv"]
 
     def run(work: Path, args: list[str], env=None) -> str:
         proc = subprocess.run([*base, str(work / "extra.yaml"), "-d", str(work), *common, *args], env=env,
