@@ -76,11 +76,11 @@ def measure(subject: Path, truth_file: Path | None = None, model: Path | None = 
     saved = torch.load(paths.coarse_pt, weights_only=False)
     coarse = GaussianModel(**saved["model"])
     # the coarse model with its training image's low-pass too, as the fine head renders (gaussians/lowpass.py)
-    coarse_focal = float(views.K[0, 0]) * saved["train_size"][0] / views.width
+    focal = float(views.K[0, 0])
+    coarse_focal = focal * saved["train_size"][0] / views.width
     with torch.no_grad():
-        coarse_renders = [to_uint8(render_view(training_lowpass(coarse, views.viewmat(f), float(views.K[0, 0]),
-                                                                coarse_focal), views, f, coarse.sh_degree,
-                                               "torch")[0]) for f in test]
+        coarse_renders = [to_uint8(render_view(training_lowpass(coarse, views.viewmat(f), focal, coarse_focal),
+                                               views, f, coarse.sh_degree, "torch")[0]) for f in test]
     real = [views.pixels(f) for f in test]
     lm_real = lmk.detect_sequence(real)
     lm_fine, lm_shuffled = lmk.detect_sequence(renders), lmk.detect_sequence(renders_shuffled)

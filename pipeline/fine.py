@@ -131,25 +131,34 @@ class FineConfig:
 # Data
 # ---------------------------------------------------------------------------------------------------------
 
+def widest_mouth(xy: np.ndarray) -> float:
+    """The widest outer-lip span over face meshes ``xy`` [F, 478, 2]."""
+    lips = xy[:, list(lmk.LIPS_OUTER), 0]
+    return float((lips.max(axis=1) - lips.min(axis=1)).max())
+
+
+def mouth_box_centres(xy: np.ndarray, side: float) -> np.ndarray:
+    """[F, 2] centres of mouth boxes of ``side`` on face meshes ``xy`` [F, 478, 2] (y down): a little below
+    each mouth, so the chin is inside."""
+    return xy[:, list(lmk.MOUTH)].mean(axis=1) + np.array([0.0, 0.2 * side])
+
+
 def mouth_boxes(landmarks: np.ndarray, size: tuple[int, int], scale: float, size_factor: float) -> np.ndarray:
     """Square mouth-and-chin boxes [N, 3] (x0, y0, side) inside an image of ``size`` (W, H) that is ``scale``
     times the landmarks' frame size: one side for the whole video, ``size_factor`` x its widest mouth,
-    centred a little below each frame's mouth so the chin is inside."""
+    centred by :func:`mouth_box_centres`."""
     xy = landmarks[:, :, :2] * scale
-    lips = xy[:, list(lmk.LIPS_OUTER)]
-    width = float((lips[:, :, 0].max(axis=1) - lips[:, :, 0].min(axis=1)).max())
-    side = min(max(32, int(round(size_factor * width))), *size)  # LPIPS needs 31 px
-    centre = xy[:, list(lmk.MOUTH)].mean(axis=1) + np.array([0.0, 0.2 * side])
-    corner = np.clip(np.round(centre - side / 2), 0, np.array(size) - side).astype(np.int64)
+    side = min(max(32, int(round(size_factor * widest_mouth(xy)))), *size)  # LPIPS needs 31 px
+    corner = np.clip(np.round(mouth_box_centres(xy, side) - side / 2), 0, np.array(size) - side).astype(np.int64)
     return np.concatenate([corner, np.full((len(corner), 1), side)], axis=1)
 
 
 def mouth_box_members(canonical: np.ndarray, means: Tensor, size_factor: float) -> Tensor:
     """bool [N]: the Gaussians whose canonical (x, y) falls in the mouth box of :func:`mouth_boxes` drawn on the
     canonical face mesh [478, 3] (x right, y down, like the image): those the mouth box supervises."""
-    side = size_factor * float(np.ptp(canonical[list(lmk.LIPS_OUTER), 0]))
-    centre = canonical[list(lmk.MOUTH), :2].mean(axis=0) + np.array([0.0, 0.2 * side])
-    centre = torch.as_tensor(centre, dtype=means.dtype, device=means.device)
+    xy = canonical[None, :, :2]
+    side = size_factor * widest_mouth(xy)
+    centre = torch.as_tensor(mouth_box_centres(xy, side)[0], dtype=means.dtype, device=means.device)
     return ((means[:, :2] - centre).abs() <= side / 2).all(dim=1)
 
 

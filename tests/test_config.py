@@ -96,8 +96,9 @@ def test_shipped_config_is_valid(repo, monkeypatch):
 
 
 def test_cpu_preset_renders_at_256_from_512_frames(tmp_path):
-    """The cpu preset prepares real footage at 512² (the mouth box needs it) and renders at 256² (its 128² head
-    shows streaks at 512²); the default preset renders at the frame size; a preset's unknown render key fails."""
+    """The cpu preset prepares real footage at 512² (the mouth box needs it) and renders at 256² (3.8x faster
+    than 512², and a 128² head has no finer detail); the default preset renders at the frame size; a preset's
+    unknown render key fails."""
     s = cfg.load(_sheets(tmp_path, "subject\tvideo\tpreset\na\ta.mp4\tcpu\nb\tb.mp4\tdefault\n"))
     assert s.subjects["a"].resolution == 512
     assert cfg.stage_settings(s.config, "cpu", "render")["resolution"] == 256
