@@ -1,7 +1,7 @@
 """Lip-sync and image figures of a trained subject on its test split (frames whose audio training never saw).
 
     python benchmarks/bench_lipsync.py [--subject results/demo] [--truth resources/demo/ground_truth.npz]
-        [--model other/fine.pt] [--size 256]
+        [--model other/fine.pt] [--size 256] [--split train]
 
 Renders the test split at the frame size (or ``--size``) with the fine model (its own audio, and the same
 audio shuffled in time) and with the coarse model, runs the face mesh on every render, and prints one markdown row:
@@ -9,6 +9,7 @@ audio shuffled in time) and with the coarse model, runs the face mesh on every r
   differences, and r with the audio shuffled; with ``--truth`` (the demo) r against the generator's aperture;
 - chin drop (nose tip to chin) of the renders vs the real frames;
 - PSNR (dB) inside the dilated mouth masks and over the whole head image, fine and coarse.
+``--split train`` measures as many evenly spaced training frames instead (how well the model fits what it saw).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pipeline.audioplane import TalkingHead  # noqa: E402
 from pipeline.dataset import Cameras, FrameStore, HeadViews  # noqa: E402
 from pipeline.gaussians import GaussianModel  # noqa: E402
 from pipeline.gaussians.lowpass import training_lowpass  # noqa: E402
-from pipeline.io import list_frames  # noqa: E402
+from pipeline.io import evenly_spaced, list_frames  # noqa: E402
 from pipeline.paths import SubjectPaths  # noqa: E402
 from pipeline.train import render_view, to_uint8  # noqa: E402
 
@@ -57,10 +58,10 @@ def corr(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def measure(subject: Path, truth_file: Path | None = None, model: Path | None = None,
-            size: int | None = None) -> dict:
+            size: int | None = None, split: str = "test") -> dict:
     """The row of one trained subject (see the module docstring); ``truth_file``: the demo's ground truth;
     ``model``: a fine.pt other than the subject's own; ``size``: the side of renders and real frames
-    (None: the frame size)."""
+    (None: the frame size); ``split``: test, or as many evenly spaced training frames."""
     paths = SubjectPaths(subject)
     head = TalkingHead.load(model or paths.fine_pt)
     cameras = Cameras.load(paths.cameras)
@@ -70,6 +71,8 @@ def measure(subject: Path, truth_file: Path | None = None, model: Path | None = 
     features = torch.from_numpy(np.load(paths.audio_features(head.extractor)))
     blink = np.load(paths.blink)
     test = cameras.test
+    if split == "train":
+        test = [cameras.train[i] for i in evenly_spaced(len(cameras.train), len(test))]
     shuffled = features[torch.randperm(len(features), generator=torch.Generator().manual_seed(0))]
     renders = fine_renders(head, views, features, test, blink)
     renders_shuffled = fine_renders(head, views, shuffled, test, blink)
@@ -87,7 +90,7 @@ def measure(subject: Path, truth_file: Path | None = None, model: Path | None = 
     ap_real, ap_fine = lmk.mouth_aperture(lm_real), lmk.mouth_aperture(lm_fine)
     mouth = [masks.pixels(f) > 127 for f in test]
     row = {
-        "subject": subject.name, "test frames": len(test), "size": views.width,
+        "subject": subject.name, f"{split} frames": len(test), "size": views.width,
         "aperture r": corr(ap_fine, ap_real), "diff r": corr(np.diff(ap_fine), np.diff(ap_real)),
         "shuffled r": corr(lmk.mouth_aperture(lm_shuffled), ap_real),
         "chin r": corr(lmk.chin_drop(lm_fine), lmk.chin_drop(lm_real)),
@@ -109,9 +112,10 @@ def main() -> None:
     p.add_argument("--truth", type=Path, default=None, help="the demo's ground_truth.npz")
     p.add_argument("--model", type=Path, default=None, help="a fine.pt other than the subject's model/fine.pt")
     p.add_argument("--size", type=int, default=None, help="measure at this side (default: the frame size)")
+    p.add_argument("--split", choices=("test", "train"), default="test")
     args = p.parse_args()
     torch.set_num_threads(1)
-    row = measure(args.subject, args.truth, args.model, args.size)
+    row = measure(args.subject, args.truth, args.model, args.size, args.split)
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}))
     print("| " + " | ".join(row) + " |")
     print("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()) + " |")

@@ -248,11 +248,13 @@ def deform(gaussians: GaussianModel, delta: Tensor, d: Tensor, config: AudioPlan
 
 
 def render_deformed(gaussians: GaussianModel, viewmat: Tensor, K: Tensor, width: int, height: int,
-                    sh_degree: int, backend: str = "auto", background: Tensor | None = None):
-    """RasterResult of one camera (viewmat [4,4], K [3,3]) for already deformed Gaussians."""
+                    sh_degree: int, backend: str = "auto", background: Tensor | None = None,
+                    extra: Tensor | None = None):
+    """RasterResult of one camera (viewmat [4,4], K [3,3]) for already deformed Gaussians; ``extra`` [N, E]:
+    further channels composited like the colour."""
     g = gaussians.activated()
     return rasterize(g.means, g.quats, g.scales, g.opacities, g.sh, viewmat[None], K[None], width, height,
-                     sh_degree=sh_degree, background=background, backend=backend)
+                     sh_degree=sh_degree, extra=extra, background=background, backend=backend)
 
 
 class TalkingHead:

@@ -25,8 +25,10 @@ the frame (aperture, width, chin drop; z-scored over the training frames), MSE o
 training frames, weight ``lambda_shape``. On real footage the image loss alone lets the code collapse to a
 constant (the mouth then ignores the audio); this term keeps the code about the mouth.
 The perceptual term is LPIPS (weight 0.05, the paper's) or D-SSIM (0.2). The canonical Gaussians keep
-training at ``gaussian_lr_scale`` times the coarse rates, with 3DGS densification; ``mouth_seed`` extra
-faint Gaussians behind the lips give the mouth interior something to show when it opens.
+training at ``gaussian_lr_scale`` times the coarse rates, with 3DGS densification. ``mouth_interior`` Gaussians
+of the mouth's inside, trained apart at the coarse rates, show when the lips part; in the mouth box, the head's
+share of the frame's inner-mouth pixels and the interior's share of the others cost ``lambda_interior``
+(:mod:`pipeline.mouth_interior`).
 
 Honest split: training frames whose audio input (window and temporal attention) reaches into the test
 split are never trained on (:func:`pipeline.split.audio_safe_train_frames`).
@@ -62,10 +64,12 @@ from pipeline.audioplane import (AudioPlaneConfig, AudioPlaneDeformer, TalkingHe
 from pipeline.background import head_mask
 from pipeline.checkpoint import Checkpointer, StopFlag, end_of_iteration, fingerprint, save_torch
 from pipeline.dataset import Cameras, FrameStore, HeadViews, training_size
-from pipeline.gaussians import GaussianModel, gaussians_from_points, rasterize
+from pipeline.gaussians import GaussianModel, rasterize
 from pipeline.gaussians.densify import DensifyConfig, Densifier
 from pipeline.io import PipelineError, evenly_spaced, list_frames, save_image
 from pipeline.losses import check_perceptual, l1, perceptual_loss, psnr
+from pipeline.mouth_interior import face_flags, interior_gaussians, interior_loss
+from pipeline.parsing import INNER_MOUTH
 from pipeline.split import audio_safe_train_frames
 from pipeline.train import (LearningRates, make_optimizer, optimizer_step, pick_device, qc_sheet,
                             render_view, to_uint8, write_log_csv)
@@ -73,7 +77,7 @@ from pipeline.train import (LearningRates, make_optimizer, optimizer_step, pick_
 log = logging.getLogger(__name__)
 
 MOUTH_POINTS = (*lmk.MOUTH, lmk.CHIN)  # face-mesh points of the landmark loss
-LOSS_COLUMNS = ("loss", "l1", "perceptual", "mask", "mouth", "alpha", "landmarks", "shape")
+LOSS_COLUMNS = ("loss", "l1", "perceptual", "mask", "mouth", "interior", "alpha", "landmarks", "shape")
 LOG_COLUMNS = ("iteration", *LOSS_COLUMNS, "psnr", "gaussians", "seconds")
 
 
@@ -97,7 +101,9 @@ class FineConfig:
     shape_batch: int = 16  # training frames per iteration for that readout
     dynamic_splatting: bool = True
     mask_trains_dynamism: bool = True  # d learns from the mask term alone; image and landmark terms see it fixed
-    mouth_seed: int = 300  # faint Gaussians behind the lips (0: none)
+    mouth_interior: int = 1000  # Gaussians of the mouth's inside (0: none; pipeline/mouth_interior.py)
+    interior_opacity: float = 0.7  # their opacity (fixed; the field's ΔG shows and hides them)
+    lambda_interior: float = 1.0  # head in the inner mouth, interior outside it, in the mouth box
     lr_grids: float = 5e-3  # planes, lines and prototype grids
     lr_networks: float = 5e-4  # audio encoder, attention, decoders
     lr_final_ratio: float = 0.1  # network rates decay exponentially to this fraction
@@ -173,8 +179,8 @@ def train_widths(gaussians: GaussianModel, views: HeadViews, mouth_width: int, c
 
 class FineData:
     """What fine training reads per frame: the head views, the mouth views and boxes, the mouth masks and
-    head masks (from the parsing) at the training size, the audio features [N, W, C] (memory-mapped), blink
-    [N] and the mouth shape [N, 3] the face mesh measured."""
+    head masks (from the parsing) at the training size, head and inner-mouth masks at the mouth views' size,
+    the audio features [N, W, C] (memory-mapped), blink [N] and the mouth shape [N, 3] the face mesh measured."""
 
     def __init__(self, views: HeadViews, mouth_views: HeadViews, masks_dir: str | Path, parsing_dir: str | Path,
                  features: str | Path, blink: str | Path, landmarks: str | Path, config: FineConfig):
@@ -193,8 +199,14 @@ class FineData:
 
         self.head_masks = FrameStore(label_files, (cams.width, cams.height), (views.width, views.height),
                                      grey=True, transform=head)
-        self.mouth_head_masks = FrameStore(label_files, (cams.width, cams.height),
-                                           (mouth_views.width, mouth_views.height), grey=True, transform=head)
+        def inner(labels: np.ndarray) -> np.ndarray:
+            return (labels == INNER_MOUTH).view(np.uint8) * 255
+
+        mouth_size = (mouth_views.width, mouth_views.height)
+        self.mouth_head_masks = FrameStore(label_files, (cams.width, cams.height), mouth_size, grey=True,
+                                           transform=head)
+        self.inner_mouths = FrameStore(label_files, (cams.width, cams.height), mouth_size, grey=True,
+                                       transform=inner)
         self.features = np.load(features, mmap_mode="r")
         if self.features.ndim != 3 or len(self.features) != n:
             raise PipelineError(f"{features}: audio features of shape {self.features.shape}, expected [{n}, W, C]")
@@ -245,16 +257,20 @@ class FineData:
         K[0, 2] -= x0
         K[1, 2] -= y0
         head = _unit(self.mouth_head_masks.pixels(index), mv.device)[box]
-        return MouthCrop(target=mv.image(index)[box], plate=mv.background[box], head=head, K=K, side=s)
+        inner = _unit(self.inner_mouths.pixels(index), mv.device)[box]
+        return MouthCrop(target=mv.image(index)[box], plate=mv.background[box], head=head, inner=inner, K=K,
+                         side=s)
 
 
 @dataclass
 class MouthCrop:
-    """target, plate [s,s,3]; head [s,s]: the head mask; K [3,3]: the crop camera; side: s."""
+    """target, plate [s,s,3]; head, inner [s,s]: the head and inner-mouth masks; K [3,3]: the crop camera;
+    side: s."""
 
     target: Tensor
     plate: Tensor
     head: Tensor
+    inner: Tensor
     K: Tensor
     side: int
 
@@ -271,22 +287,6 @@ def over_background(color: Tensor, alpha: Tensor, target: Tensor, plate: Tensor,
 
 def _unit(pixels: np.ndarray, device: torch.device) -> Tensor:
     return torch.from_numpy(np.array(pixels)).to(device, torch.float32) / 255
-
-
-def mouth_seed_gaussians(canonical: np.ndarray, count: int, sh_degree: int, generator: torch.Generator
-                         ) -> GaussianModel:
-    """``count`` faint, dark Gaussians in the canonical mouth, 2-12 mm behind the lips (z points back)."""
-    lips = torch.tensor(canonical[list(lmk.LIPS_OUTER)], dtype=torch.float32)
-    centre = lips.mean(dim=0)
-    # random points in the lip polygon (fan triangles from the centre), pushed back into the mouth
-    k = torch.randint(len(lips), (count,), generator=generator)
-    u, v = torch.rand(count, 1, generator=generator), torch.rand(count, 1, generator=generator)
-    flip = (u + v) > 1
-    u, v = torch.where(flip, 1 - u, u), torch.where(flip, 1 - v, v)
-    points = centre + u * (lips[k] - centre) + v * (lips[(k + 1) % len(lips)] - centre)
-    points[:, 2] += 0.002 + 0.010 * torch.rand(count, generator=generator)
-    colours = torch.tensor([0.35, 0.15, 0.15]).expand(count, 3)
-    return gaussians_from_points(points, colours, sh_degree=sh_degree, opacity=0.05, scale=0.0015)
 
 
 def concat_gaussians(a: GaussianModel, b: GaussianModel) -> GaussianModel:
@@ -335,18 +335,21 @@ class FineStep:
 
 def fine_step(gaussians: GaussianModel, deformer: AudioPlaneDeformer, data: FineData, frame: int, config: FineConfig,
               sh_degree: int, backend: str, perceptual: Callable[[Tensor, Tensor], Tensor],
-              shape_frames: Tensor | None = None, background: Tensor | None = None) -> FineStep:
+              shape_frames: Tensor | None = None, background: Tensor | None = None,
+              interior: GaussianModel | None = None) -> FineStep:
     """Deform for ``frame``'s audio and compute the fine loss (see the module docstring); ``perceptual`` is
     :func:`pipeline.losses.perceptual_loss` of ``config.perceptual``; ``shape_frames`` [B]: further training
     frames of the mouth-shape readout (which always reads ``frame``); ``background`` [3]: the colour the
-    renders are composited over (None: the plate)."""
+    renders are composited over (None: the plate); ``interior``: the mouth interior's Gaussians, rendered
+    after the head's (``gaussians``)."""
     views = data.views
     frames = torch.tensor([frame]) if shape_frames is None else torch.cat([torch.tensor([frame]), shape_frames])
     codes = deformer.code(data.windows(deformer.neighbour_indices(frames, len(data))))  # one encoder pass
     code = codes[0]
     fixed_gate = config.dynamic_splatting and config.mask_trains_dynamism  # only the mask term trains d
-    delta, d = deformer(gaussians.means, code, float(data.blink[frame]))
-    moved = deform(gaussians, delta, d.detach() if fixed_gate else d, config.model)
+    everything = gaussians if interior is None else concat_gaussians(gaussians, interior)
+    delta, d = deformer(everything.means, code, float(data.blink[frame]))
+    moved = deform(everything, delta, d.detach() if fixed_gate else d, config.model)
     raster = render_deformed(moved, views.viewmat(frame), views.K, views.width, views.height, sh_degree, backend)
     head = data.head_mask(frame)
     image, target = over_background(raster.color[0], raster.alpha[0], views.image(frame), views.background, head,
@@ -365,13 +368,18 @@ def fine_step(gaussians: GaussianModel, deformer: AudioPlaneDeformer, data: Fine
         loss = loss + config.lambda_mask * losses["mask"]
     if config.lambda_mouth > 0:
         crop = data.mouth_crop(frame)
+        share = interior is not None and config.lambda_interior > 0
+        flags = face_flags(len(gaussians), len(interior), views.device) if share else None
         mouth = render_deformed(moved, data.mouth_views.viewmat(frame), crop.K, crop.side, crop.side, sh_degree,
-                                backend)
+                                backend, extra=flags)
         mouth_image, mouth_target = over_background(mouth.color[0], mouth.alpha[0], crop.target, crop.plate,
                                                     crop.head, background)
         losses["mouth"] = (l1(mouth_image, mouth_target)
                            + config.lambda_perceptual * perceptual(mouth_image, mouth_target))
         loss = loss + config.lambda_mouth * losses["mouth"]
+        if share:
+            losses["interior"] = interior_loss(mouth.extra[0, ..., 0], mouth.alpha[0, ..., 0], crop.inner)
+            loss = loss + config.lambda_interior * losses["interior"]
     if config.lambda_landmarks > 0:
         points = data.canonical_mouth
         point_delta, point_d = deformer(points, code, float(data.blink[frame]))
@@ -433,24 +441,29 @@ def train_fine(data: FineData, coarse: dict[str, Any], config: FineConfig, check
     saved = checkpointer.load(device) if checkpointer is not None else None
     if saved is None:
         gaussians = GaussianModel(**coarse["model"])
-        if config.mouth_seed:
-            seed = mouth_seed_gaussians(views.cameras.canonical_landmarks, config.mouth_seed, gaussians.sh_degree,
-                                        generator)
-            gaussians = concat_gaussians(gaussians, seed)
-        gaussians = gaussians.map(lambda t: t.to(device))
+        interior = (interior_gaussians(views.cameras.canonical_landmarks, config.mouth_interior,
+                                       gaussians.sh_degree, generator, config.interior_opacity)
+                    if config.mouth_interior else None)
         start, rows, elapsed = 0, [], 0.0
     else:
         gaussians = GaussianModel(**saved["gaussians"])
+        interior = GaussianModel(**saved["interior"]) if saved["interior"] is not None else None
         deformer.load_state_dict(saved["deformer"])
         start, rows, elapsed = saved["iteration"], saved["log"], saved["seconds"]
         log.info("resuming fine training from iteration %d (%d Gaussians)", start, len(gaussians))
-    gaussians = gaussians.map(lambda t: t.detach().clone()).requires_grad_()
+    gaussians = gaussians.map(lambda t: t.detach().clone().to(device)).requires_grad_()
     rates = scaled_rates(coarse_rates(coarse), config.gaussian_lr_scale)
     g_optimizer = make_optimizer(gaussians, rates, scene_scale)
     n_optimizer = network_optimizer(deformer, config)
+    i_optimizer, i_rates = None, interior_rates(coarse)
+    if interior is not None:
+        interior = interior.map(lambda t: t.detach().clone().to(device)).requires_grad_()
+        i_optimizer = make_optimizer(interior, i_rates, scene_scale)
     if saved is not None:
         g_optimizer.load_state_dict(saved["g_optimizer"])
         n_optimizer.load_state_dict(saved["n_optimizer"])
+        if i_optimizer is not None:
+            i_optimizer.load_state_dict(saved["i_optimizer"])
         densifier.load_state_dict(saved["densify"])
         generator.set_state(saved["generator"])
 
@@ -458,6 +471,9 @@ def train_fine(data: FineData, coarse: dict[str, Any], config: FineConfig, check
         if checkpointer is not None:
             checkpointer.save({"iteration": iteration,
                                "gaussians": {k: t.detach() for k, t in gaussians.tensors().items()},
+                               "interior": None if interior is None else
+                               {k: t.detach() for k, t in interior.tensors().items()},
+                               "i_optimizer": None if i_optimizer is None else i_optimizer.state_dict(),
                                "deformer": deformer.state_dict(), "g_optimizer": g_optimizer.state_dict(),
                                "n_optimizer": n_optimizer.state_dict(), "densify": densifier.state_dict(),
                                "generator": generator.get_state(), "log": rows,
@@ -473,18 +489,23 @@ def train_fine(data: FineData, coarse: dict[str, Any], config: FineConfig, check
         for group in n_optimizer.param_groups:
             group["lr"] = group["base"] * decay
         g_optimizer.param_groups[0]["lr"] = rates.means * scene_scale * decay
+        if i_optimizer is not None:
+            i_optimizer.param_groups[0]["lr"] = i_rates.means * scene_scale * decay
         picks = pool[torch.randint(len(pool), (1 + config.shape_batch,), generator=generator)]
         background = torch.rand(3, generator=generator).to(device) if config.random_background else None
         step = fine_step(gaussians, deformer, data, int(picks[0]), config, sh_degree, backend, perceptual, picks[1:],
-                         background)
+                         background, interior)
         step.raster.means2d.retain_grad()
         step.losses["loss"].backward()
         if it <= config.densify.stop:
-            densifier.accumulate(step.raster, views.width, views.height)
+            densifier.accumulate(step.raster, views.width, views.height, count=len(gaussians))
         optimizer_step(g_optimizer, gaussians, rates)
         n_optimizer.step()
         g_optimizer.zero_grad(set_to_none=True)
         n_optimizer.zero_grad(set_to_none=True)
+        if i_optimizer is not None:
+            optimizer_step(i_optimizer, interior, i_rates)
+            i_optimizer.zero_grad(set_to_none=True)
         gaussians, _ = densifier.step(it, gaussians, g_optimizer, generator)
 
         if it % config.log_every == 0 or it == config.iterations:
@@ -497,6 +518,8 @@ def train_fine(data: FineData, coarse: dict[str, Any], config: FineConfig, check
         if end_of_iteration(it, save, stop, checkpointer.path if checkpointer else None, config.checkpoint_every,
                             stop_after):
             break
+    if interior is not None:
+        gaussians = concat_gaussians(gaussians, interior)
     return FineResult(gaussians=gaussians.map(lambda t: t.detach()), deformer=deformer.eval(), log_rows=rows,
                       resumed_from=start)
 
@@ -504,6 +527,12 @@ def train_fine(data: FineData, coarse: dict[str, Any], config: FineConfig, check
 def coarse_rates(coarse: dict[str, Any]) -> LearningRates:
     """The coarse run's learning rates (its saved config), the base of the fine stage's Gaussian rates."""
     return LearningRates(**coarse["config"]["lr"])
+
+
+def interior_rates(coarse: dict[str, Any]) -> LearningRates:
+    """The mouth interior's: new Gaussians, so the coarse run's own rates, but a fixed opacity (the deformation
+    field shows and hides them): learnt, the interior term drove them transparent (median 0.01 on macron)."""
+    return replace(coarse_rates(coarse), opacity=0.0)
 
 
 # ---------------------------------------------------------------------------------------------------------

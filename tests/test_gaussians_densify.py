@@ -99,6 +99,19 @@ def test_accumulate_uses_visible_gaussians_and_ndc_units():
     torch.testing.assert_close(st.max_radius, torch.tensor([5, 0, 8]) / 40.0)
 
 
+def test_accumulate_counts_only_the_model_rendered_first():
+    """``count``: a render of the model followed by other Gaussians (fine's mouth interior) feeds only the
+    model's first ``count`` rows."""
+    with_others = _grads([1.0, 2.0, 5.0, 5.0])
+    densifier = Densifier(DensifyConfig(), scene_scale=1.0)
+    densifier.accumulate(with_others, 100, 100, count=2)
+    alone = Densifier(DensifyConfig(), scene_scale=1.0)
+    alone.accumulate(_grads([1.0, 2.0]), 100, 100)
+    assert len(densifier.state) == 2
+    torch.testing.assert_close(densifier.state.grad_sum, alone.state.grad_sum)
+    assert densifier.state.count.tolist() == [1, 1]
+
+
 def test_accumulate_from_a_rendered_scene_skips_culled_gaussians():
     width, height = 24, 16
     means = torch.tensor([[0.0, 0.0, 3.0], [0.2, 0.1, 4.0], [0.0, 0.0, -2.0]], dtype=torch.float64)

@@ -232,16 +232,17 @@ class Densifier:
         self.state = DensifyState()
         self._cap_logged = False
 
-    def accumulate(self, result: RasterResult, width: int, height: int) -> None:
+    def accumulate(self, result: RasterResult, width: int, height: int, count: int | None = None) -> None:
         """After loss.backward(): add the NDC-normalised norm of result.means2d.grad for Gaussians visible
         (radii>0) in each camera, count them, track max radius. Call only while iteration <= stop.
+        ``count``: the densified model is the first ``count`` Gaussians of the render (others follow it).
 
         Gradients are taken as they are (gsplat also multiplies by the number of cameras to undo a loss
         averaged over a batch of views; sum per-view losses instead when rendering several cameras at once).
         """
-        radii = result.radii  # [C,N]
+        radii = result.radii[:, :count]  # [C,N]
         visible = radii > 0
-        grad = result.means2d.grad  # [C,N,2] pixels
+        grad = None if result.means2d.grad is None else result.means2d.grad[:, :count]  # [C,N,2] pixels
         if grad is None:
             if not bool(visible.any()):
                 return  # nothing on screen, so nothing reached means2d
