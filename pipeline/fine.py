@@ -25,7 +25,8 @@ the frame (aperture, width, chin drop; z-scored over the training frames), MSE o
 training frames, weight ``lambda_shape``. On real footage the image loss alone lets the code collapse to a
 constant (the mouth then ignores the audio); this term keeps the code about the mouth.
 The perceptual term is LPIPS (weight 0.05, the paper's) or D-SSIM (0.2). The canonical Gaussians keep
-training at ``gaussian_lr_scale`` times the coarse rates, with 3DGS densification. ``mouth_interior`` Gaussians
+training at ``gaussian_lr_scale`` times the coarse rates, with 3DGS densification; ``mouth_seed`` extra
+faint Gaussians behind the lips give the mouth interior something to show when it opens. ``mouth_interior`` Gaussians
 of the mouth's inside, trained apart at the coarse rates, show when the lips part; in the mouth box, the head's
 share of the frame's inner-mouth pixels and the interior's share of the others cost ``lambda_interior``
 (:mod:`pipeline.mouth_interior`).
@@ -64,7 +65,7 @@ from pipeline.audioplane import (AudioPlaneConfig, AudioPlaneDeformer, TalkingHe
 from pipeline.background import head_mask
 from pipeline.checkpoint import Checkpointer, StopFlag, end_of_iteration, fingerprint, save_torch
 from pipeline.dataset import Cameras, FrameStore, HeadViews, training_size
-from pipeline.gaussians import GaussianModel, rasterize
+from pipeline.gaussians import GaussianModel, gaussians_from_points, rasterize
 from pipeline.gaussians.densify import DensifyConfig, Densifier
 from pipeline.io import PipelineError, evenly_spaced, list_frames, save_image
 from pipeline.losses import check_perceptual, l1, perceptual_loss, psnr
@@ -101,7 +102,8 @@ class FineConfig:
     shape_batch: int = 16  # training frames per iteration for that readout
     dynamic_splatting: bool = True
     mask_trains_dynamism: bool = True  # d learns from the mask term alone; image and landmark terms see it fixed
-    mouth_interior: int = 1000  # Gaussians of the mouth's inside (0: none; pipeline/mouth_interior.py)
+    mouth_seed: int = 300  # faint Gaussians behind the lips, among the head's (0: none)
+    mouth_interior: int = 0  # Gaussians of the mouth's inside, apart from the head's (pipeline/mouth_interior.py)
     interior_opacity: float = 0.7  # their opacity (fixed; the field's ΔG shows and hides them)
     lambda_interior: float = 1.0  # head in the inner mouth, interior outside it, in the mouth box
     lr_grids: float = 5e-3  # planes, lines and prototype grids
@@ -289,6 +291,22 @@ def _unit(pixels: np.ndarray, device: torch.device) -> Tensor:
     return torch.from_numpy(np.array(pixels)).to(device, torch.float32) / 255
 
 
+def mouth_seed_gaussians(canonical: np.ndarray, count: int, sh_degree: int, generator: torch.Generator
+                         ) -> GaussianModel:
+    """``count`` faint, dark Gaussians in the canonical mouth, 2-12 mm behind the lips (z points back)."""
+    lips = torch.tensor(canonical[list(lmk.LIPS_OUTER)], dtype=torch.float32)
+    centre = lips.mean(dim=0)
+    # random points in the lip polygon (fan triangles from the centre), pushed back into the mouth
+    k = torch.randint(len(lips), (count,), generator=generator)
+    u, v = torch.rand(count, 1, generator=generator), torch.rand(count, 1, generator=generator)
+    flip = (u + v) > 1
+    u, v = torch.where(flip, 1 - u, u), torch.where(flip, 1 - v, v)
+    points = centre + u * (lips[k] - centre) + v * (lips[(k + 1) % len(lips)] - centre)
+    points[:, 2] += 0.002 + 0.010 * torch.rand(count, generator=generator)
+    colours = torch.tensor([0.35, 0.15, 0.15]).expand(count, 3)
+    return gaussians_from_points(points, colours, sh_degree=sh_degree, opacity=0.05, scale=0.0015)
+
+
 def concat_gaussians(a: GaussianModel, b: GaussianModel) -> GaussianModel:
     return GaussianModel(**{k: torch.cat([a.tensors()[k], b.tensors()[k]]) for k in a.tensors()})
 
@@ -441,6 +459,10 @@ def train_fine(data: FineData, coarse: dict[str, Any], config: FineConfig, check
     saved = checkpointer.load(device) if checkpointer is not None else None
     if saved is None:
         gaussians = GaussianModel(**coarse["model"])
+        if config.mouth_seed:
+            seed = mouth_seed_gaussians(views.cameras.canonical_landmarks, config.mouth_seed, gaussians.sh_degree,
+                                        generator)
+            gaussians = concat_gaussians(gaussians, seed)
         interior = (interior_gaussians(views.cameras.canonical_landmarks, config.mouth_interior,
                                        gaussians.sh_degree, generator, config.interior_opacity)
                     if config.mouth_interior else None)

@@ -15,7 +15,7 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 TINY_COARSE = {"iterations": 30, "resolution": 64, "init_points": 200, "sh_degree": 1, "sh_increase_every": 15,
                "checkpoint_every": 10, "densify": {"start": 10, "stop": 20, "every": 10, "reset_every": 0}}
 TINY_FINE = {"iterations": 20, "resolution": 64, "mouth_resolution": 128, "checkpoint_every": 10, "log_every": 10,
-             "mouth_interior": 20, "model": {"resolution": 8, "scales": [1, 2], "feature_dim": 8, "hidden": 32},
+             "mouth_seed": 20, "model": {"resolution": 8, "scales": [1, 2], "feature_dim": 8, "hidden": 32},
              "densify": {"start": 10, "stop": 20, "every": 10}}
 
 
