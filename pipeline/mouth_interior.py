@@ -6,11 +6,15 @@ deformation moves them apart (on macron the renders never parted the lips, with 
 real inner-lip polygon). After TalkingGaussian's face-mouth decomposition, kept within one deformation field:
 
 - :func:`interior_gaussians` seeds Gaussians in the canonical mouth, behind the lips; fine training keeps them
-  apart from the head's (full coarse learning rates, no densification) and deforms both with the same field;
+  apart from the head's (the coarse run's rates, a fixed opacity, no densification) and deforms both with the
+  same field;
 - the mouth-box render splats each Gaussian's face flag (1 for the head's, 0 for the interior's) as an extra
   channel, and :func:`interior_loss` charges the head's share of the pixels inside the frame's inner-lip polygon
   (the parsing's inner-mouth label) and the interior's share outside it: the lips must leave the open mouth to
   the interior, and the interior stays behind the lips.
+
+Opt-in (``fine.mouth_interior``): on macron the lips part over a teeth band, but lip sync drops (BENCHMARKS.md,
+sixth session).
 """
 
 from __future__ import annotations
