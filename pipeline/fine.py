@@ -181,7 +181,8 @@ def train_widths(gaussians: GaussianModel, views: HeadViews, mouth_width: int, c
 
 class FineData:
     """What fine training reads per frame: the head views, the mouth views and boxes, the mouth masks and
-    head masks (from the parsing) at the training size, head and inner-mouth masks at the mouth views' size,
+    head masks (from the parsing) at the training size, head masks and (with the interior term) inner-mouth
+    masks at the mouth views' size,
     the audio features [N, W, C] (memory-mapped), blink [N] and the mouth shape [N, 3] the face mesh measured."""
 
     def __init__(self, views: HeadViews, mouth_views: HeadViews, masks_dir: str | Path, parsing_dir: str | Path,
@@ -207,8 +208,10 @@ class FineData:
         mouth_size = (mouth_views.width, mouth_views.height)
         self.mouth_head_masks = FrameStore(label_files, (cams.width, cams.height), mouth_size, grey=True,
                                            transform=head)
-        self.inner_mouths = FrameStore(label_files, (cams.width, cams.height), mouth_size, grey=True,
-                                       transform=inner)
+        # the label maps decoded a second time: only when the interior term reads them
+        self.inner_mouths = (FrameStore(label_files, (cams.width, cams.height), mouth_size, grey=True,
+                                        transform=inner)
+                             if config.mouth_interior and config.lambda_interior > 0 else None)
         self.features = np.load(features, mmap_mode="r")
         if self.features.ndim != 3 or len(self.features) != n:
             raise PipelineError(f"{features}: audio features of shape {self.features.shape}, expected [{n}, W, C]")
@@ -259,20 +262,20 @@ class FineData:
         K[0, 2] -= x0
         K[1, 2] -= y0
         head = _unit(self.mouth_head_masks.pixels(index), mv.device)[box]
-        inner = _unit(self.inner_mouths.pixels(index), mv.device)[box]
+        inner = None if self.inner_mouths is None else _unit(self.inner_mouths.pixels(index), mv.device)[box]
         return MouthCrop(target=mv.image(index)[box], plate=mv.background[box], head=head, inner=inner, K=K,
                          side=s)
 
 
 @dataclass
 class MouthCrop:
-    """target, plate [s,s,3]; head, inner [s,s]: the head and inner-mouth masks; K [3,3]: the crop camera;
-    side: s."""
+    """target, plate [s,s,3]; head, inner [s,s]: the head and inner-mouth masks (inner None without the
+    interior term); K [3,3]: the crop camera; side: s."""
 
     target: Tensor
     plate: Tensor
     head: Tensor
-    inner: Tensor
+    inner: Tensor | None
     K: Tensor
     side: int
 
