@@ -82,7 +82,8 @@ def measure(subject: Path, truth_file: Path | None = None, model: Path | None = 
     focal = float(views.K[0, 0])
     coarse_focal = focal * saved["train_size"][0] / views.width
     with torch.no_grad():
-        coarse_renders = [to_uint8(render_view(training_lowpass(coarse, views.viewmat(f), focal, coarse_focal),
+        coarse_renders = [to_uint8(render_view(training_lowpass(coarse, views.viewmat(f), views.K, views.width,
+                                                                       views.height, coarse_focal),
                                                views, f, coarse.sh_degree, "torch")[0]) for f in test]
     real = [views.pixels(f) for f in test]
     lm_real = lmk.detect_sequence(real)

@@ -334,6 +334,6 @@ class TalkingHead:
         moved = self.deformed(code, blink)[0]
         if self.train_widths is not None:
             focal = float(K[0, 0])
-            moved = training_lowpass(moved, viewmat, focal, focal / width * self.train_widths)
+            moved = training_lowpass(moved, viewmat, K, width, height, focal / width * self.train_widths)
         result = render_deformed(moved, viewmat, K, width, height, self.sh_degree, backend)
         return result.color[0].clamp(0, 1), result.alpha[0]

@@ -52,15 +52,13 @@ def covariance_3d(quats: Tensor, scales: Tensor) -> Tensor:
     return m @ m.transpose(-1, -2)
 
 
-def project_gaussians(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, viewmats: Tensor,
-                      Ks: Tensor, width: int, height: int, near: float = 0.01, far: float = 1e10,
-                      eps2d: float = 0.3) -> Projection:
-    """Project N Gaussians into C pinhole cameras (EWA splatting with the 3DGS low-pass dilation).
+def screen_covariance(means: Tensor, quats: Tensor, scales: Tensor, viewmats: Tensor, Ks: Tensor, width: int,
+                      height: int, near: float = 0.01, far: float = 1e10) -> tuple[Tensor, Tensor, Tensor]:
+    """EWA: (camera-space means [C,N,3], undilated 2D covariances [C,N,2,2], in_depth [C,N] bool).
 
-    means [N,3], quats [N,4] wxyz, scales [N,3], opacities [N] in [0,1], viewmats [C,4,4], Ks [C,3,3].
-    A Gaussian is culled (radii 0, visible False) when its depth is outside (near, far), its opacity is below
-    1/255, or its footprint misses the image. The Jacobian clamps x/z and y/z to 1.3x the field of view as
-    3DGS and gsplat do, so Gaussians far outside the view do not blow up.
+    means [N,3], quats [N,4] wxyz, scales [N,3], viewmats [C,4,4], Ks [C,3,3]. The Jacobian clamps x/z and
+    y/z to 1.3x the field of view as 3DGS and gsplat do, so Gaussians far outside the view do not blow up;
+    out-of-depth entries get z = 1 so that they stay finite for autograd.
     """
     rot_v = viewmats[:, :3, :3]  # [C,3,3]
     t_v = viewmats[:, :3, 3]  # [C,3]
@@ -69,7 +67,7 @@ def project_gaussians(means: Tensor, quats: Tensor, scales: Tensor, opacities: T
 
     x, y, z = p_cam.unbind(-1)
     in_depth = (z > near) & (z < far)
-    z = torch.where(in_depth, z, torch.ones_like(z))  # culled entries must stay finite for autograd
+    z = torch.where(in_depth, z, torch.ones_like(z))
     fx, fy = Ks[:, 0, 0, None], Ks[:, 1, 1, None]  # [C,1]
     cx, cy = Ks[:, 0, 2, None], Ks[:, 1, 2, None]
     tan_x, tan_y = 0.5 * width / fx, 0.5 * height / fy
@@ -78,7 +76,22 @@ def project_gaussians(means: Tensor, quats: Tensor, scales: Tensor, opacities: T
     zero = torch.zeros_like(z)
     jac = torch.stack((fx / z, zero, -fx * tx / (z * z), zero, fy / z, -fy * ty / (z * z)), dim=-1)
     jac = jac.reshape(*z.shape, 2, 3)  # [C,N,2,3]
-    cov2d = jac @ cov_cam @ jac.transpose(-1, -2)  # [C,N,2,2]
+    return torch.stack((x, y, z), dim=-1), jac @ cov_cam @ jac.transpose(-1, -2), in_depth
+
+
+def project_gaussians(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, viewmats: Tensor,
+                      Ks: Tensor, width: int, height: int, near: float = 0.01, far: float = 1e10,
+                      eps2d: float = 0.3) -> Projection:
+    """Project N Gaussians into C pinhole cameras (EWA splatting with the 3DGS low-pass dilation).
+
+    means [N,3], quats [N,4] wxyz, scales [N,3], opacities [N] in [0,1], viewmats [C,4,4], Ks [C,3,3].
+    A Gaussian is culled (radii 0, visible False) when its depth is outside (near, far), its opacity is below
+    1/255, or its footprint misses the image (:func:`screen_covariance` gives the undilated covariance).
+    """
+    p_cam, cov2d, in_depth = screen_covariance(means, quats, scales, viewmats, Ks, width, height, near, far)
+    x, y, z = p_cam.unbind(-1)
+    fx, fy = Ks[:, 0, 0, None], Ks[:, 1, 1, None]  # [C,1]
+    cx, cy = Ks[:, 0, 2, None], Ks[:, 1, 2, None]
     a = cov2d[..., 0, 0] + eps2d
     b = cov2d[..., 0, 1]
     c = cov2d[..., 1, 1] + eps2d
