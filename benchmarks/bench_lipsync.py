@@ -8,7 +8,10 @@ audio shuffled in time) and with the coarse model, runs the face mesh on every r
 - mouth aperture of the renders vs the real frames (face mesh on both): Pearson r, r of frame-to-frame
   differences, and r with the audio shuffled; with ``--truth`` (the demo) r against the generator's aperture;
 - chin drop (nose tip to chin) of the renders vs the real frames;
-- PSNR (dB) inside the dilated mouth masks and over the whole head image, fine and coarse.
+- PSNR (dB) inside the dilated mouth masks and over the whole head image, fine and coarse;
+- the open mouth's inside (teeth show light, a wide-open mouth dark): mean luminance inside each real frame's
+  inner-lip polygon (the parsing's inner-mouth label) on the render vs on the real frame, Pearson r over the
+  frames where it covers at least 10 pixels, and both means.
 ``--split train`` measures as many evenly spaced training frames instead (how well the model fits what it saw).
 """
 
@@ -31,6 +34,7 @@ from pipeline.dataset import Cameras, FrameStore, HeadViews  # noqa: E402
 from pipeline.gaussians import GaussianModel  # noqa: E402
 from pipeline.gaussians.lowpass import training_lowpass  # noqa: E402
 from pipeline.io import evenly_spaced, list_frames  # noqa: E402
+from pipeline.parsing import INNER_MOUTH  # noqa: E402
 from pipeline.paths import SubjectPaths  # noqa: E402
 from pipeline.train import render_view, to_uint8  # noqa: E402
 
@@ -50,6 +54,11 @@ def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
     d = (a.astype(np.float64) - b.astype(np.float64)) / 255
     mse = np.square(d[mask] if mask is not None else d).mean()
     return float(-10 * np.log10(max(mse, 1e-12)))
+
+
+def inner_mouth_luminance(image: np.ndarray, inner: np.ndarray) -> float:
+    """Mean luminance (0..255) of ``image`` [H, W, 3] inside the boolean mask ``inner`` [H, W]."""
+    return float((image[inner].astype(np.float64) @ np.array([0.299, 0.587, 0.114])).mean())
 
 
 def corr(x: np.ndarray, y: np.ndarray) -> float:
@@ -90,6 +99,12 @@ def measure(subject: Path, truth_file: Path | None = None, model: Path | None = 
     lm_fine, lm_shuffled = lmk.detect_sequence(renders), lmk.detect_sequence(renders_shuffled)
     ap_real, ap_fine = lmk.mouth_aperture(lm_real), lmk.mouth_aperture(lm_fine)
     mouth = [masks.pixels(f) > 127 for f in test]
+    inner_masks = FrameStore(list_frames(paths.parsing, ext="png"), (cameras.width, cameras.height),
+                             (views.width, views.height), grey=True,
+                             transform=lambda labels: (labels == INNER_MOUTH).view(np.uint8) * 255)
+    inner = [(i, m) for i, m in enumerate(inner_masks.pixels(f) > 127 for f in test) if m.sum() >= 10]
+    inner_fine = np.array([inner_mouth_luminance(renders[i], m) for i, m in inner])
+    inner_real = np.array([inner_mouth_luminance(real[i], m) for i, m in inner])
     row = {
         "subject": subject.name, f"{split} frames": len(test), "size": views.width,
         "aperture r": corr(ap_fine, ap_real), "diff r": corr(np.diff(ap_fine), np.diff(ap_real)),
@@ -99,6 +114,8 @@ def measure(subject: Path, truth_file: Path | None = None, model: Path | None = 
         "mouth PSNR coarse": np.mean([psnr(a, b, m) for a, b, m in zip(coarse_renders, real, mouth)]),
         "head PSNR fine": np.mean([psnr(a, b) for a, b in zip(renders, real)]),
         "head PSNR coarse": np.mean([psnr(a, b) for a, b in zip(coarse_renders, real)]),
+        "inner frames": len(inner), "inner r": corr(inner_fine, inner_real),
+        "inner lum fine": float(inner_fine.mean()), "inner lum real": float(inner_real.mean()),
     }
     if truth_file is not None:
         truth = np.load(truth_file)["aperture"][test]
