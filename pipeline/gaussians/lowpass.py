@@ -38,8 +38,8 @@ def training_lowpass(gaussians: GaussianModel, viewmat: Tensor, K: Tensor, width
     variance = eps2d * depth.square() * (train_focal.reciprocal().square() - 1.0 / focal**2)
     log_scales = 0.5 * torch.log(torch.exp(2 * gaussians.log_scales) + variance.clamp_min(0)[:, None])
     opacity_logits = gaussians.opacity_logits
-    shrunk = train_focal > focal
-    if bool(shrunk.any()):
+    trained_finer = train_focal > focal
+    if bool(trained_finer.any()):
         _, cov2d, _ = screen_covariance(gaussians.means, gaussians.quats, torch.exp(gaussians.log_scales),
                                         viewmat[None], K[None], width, height)
         a, b, c = cov2d[0, :, 0, 0], cov2d[0, :, 0, 1], cov2d[0, :, 1, 1]
@@ -50,5 +50,5 @@ def training_lowpass(gaussians: GaussianModel, viewmat: Tensor, K: Tensor, width
 
         ratio = torch.sqrt((dilated_det(trained) / dilated_det(eps2d)).clamp(1e-6, 1.0))
         compensated = torch.logit((torch.sigmoid(opacity_logits) * ratio).clamp(1e-6, 1 - 1e-6))
-        opacity_logits = torch.where(shrunk, compensated, opacity_logits)
+        opacity_logits = torch.where(trained_finer, compensated, opacity_logits)
     return GaussianModel(**{**gaussians.tensors(), "log_scales": log_scales, "opacity_logits": opacity_logits})
