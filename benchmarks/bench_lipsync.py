@@ -34,7 +34,7 @@ from pipeline.dataset import Cameras, FrameStore, HeadViews  # noqa: E402
 from pipeline.gaussians import GaussianModel  # noqa: E402
 from pipeline.gaussians.lowpass import training_lowpass  # noqa: E402
 from pipeline.io import evenly_spaced, list_frames  # noqa: E402
-from pipeline.parsing import INNER_MOUTH  # noqa: E402
+from pipeline.parsing import inner_mouth_image  # noqa: E402
 from pipeline.paths import SubjectPaths  # noqa: E402
 from pipeline.train import render_view, to_uint8  # noqa: E402
 
@@ -101,7 +101,7 @@ def measure(subject: Path, truth_file: Path | None = None, model: Path | None = 
     mouth = [masks.pixels(f) > 127 for f in test]
     inner_masks = FrameStore(list_frames(paths.parsing, ext="png"), (cameras.width, cameras.height),
                              (views.width, views.height), grey=True,
-                             transform=lambda labels: (labels == INNER_MOUTH).view(np.uint8) * 255)
+                             transform=inner_mouth_image)
     inner = [(i, m) for i, m in enumerate(inner_masks.pixels(f) > 127 for f in test) if m.sum() >= 10]
     inner_fine = np.array([inner_mouth_luminance(renders[i], m) for i, m in inner])
     inner_real = np.array([inner_mouth_luminance(real[i], m) for i, m in inner])

@@ -70,7 +70,7 @@ from pipeline.gaussians.densify import DensifyConfig, Densifier
 from pipeline.io import PipelineError, evenly_spaced, list_frames, save_image
 from pipeline.losses import check_perceptual, l1, perceptual_loss, psnr
 from pipeline.mouth_interior import face_flags, interior_gaussians, interior_loss
-from pipeline.parsing import INNER_MOUTH
+from pipeline.parsing import inner_mouth_image
 from pipeline.split import audio_safe_train_frames
 from pipeline.train import (LearningRates, make_optimizer, optimizer_step, pick_device, qc_sheet,
                             render_view, to_uint8, write_log_csv)
@@ -202,15 +202,12 @@ class FineData:
 
         self.head_masks = FrameStore(label_files, (cams.width, cams.height), (views.width, views.height),
                                      grey=True, transform=head)
-        def inner(labels: np.ndarray) -> np.ndarray:
-            return (labels == INNER_MOUTH).view(np.uint8) * 255
-
         mouth_size = (mouth_views.width, mouth_views.height)
         self.mouth_head_masks = FrameStore(label_files, (cams.width, cams.height), mouth_size, grey=True,
                                            transform=head)
         # the label maps decoded a second time: only when the interior term reads them
         self.inner_mouths = (FrameStore(label_files, (cams.width, cams.height), mouth_size, grey=True,
-                                        transform=inner)
+                                        transform=inner_mouth_image)
                              if config.mouth_interior and config.lambda_interior > 0 else None)
         self.features = np.load(features, mmap_mode="r")
         if self.features.ndim != 3 or len(self.features) != n:

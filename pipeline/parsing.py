@@ -274,6 +274,12 @@ def parse_frame(landmarks: np.ndarray, person: np.ndarray,
     return labels
 
 
+def inner_mouth_image(labels: np.ndarray) -> np.ndarray:
+    """uint8 [H, W] labels -> uint8 [H, W]: 255 on the inner mouth (the open mouth's inside), 0 elsewhere; a
+    FrameStore transform (labels must be mapped before they are resized)."""
+    return (labels == INNER_MOUTH).view(np.uint8) * 255
+
+
 def colorize(labels: np.ndarray) -> np.ndarray:
     """uint8 [H, W] labels -> RGB uint8 [H, W, 3] with :data:`PALETTE`."""
     return PALETTE[labels]
