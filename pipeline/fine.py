@@ -109,6 +109,7 @@ class FineConfig:
     lr_grids: float = 5e-3  # planes, lines and prototype grids
     lr_networks: float = 5e-4  # audio encoder, attention, decoders
     lr_final_ratio: float = 0.1  # network rates decay exponentially to this fraction
+    audio_weight_decay: float = 0.0  # decoupled weight decay of the audio path: steadier lip sync on unseen audio
     gaussian_lr_scale: float = 0.1  # canonical Gaussians keep training at this fraction of the coarse rates
     densify: DensifyConfig = field(default_factory=lambda: DensifyConfig(start=1000, stop=50_000, every=500,
                                                                        reset_every=0))
@@ -326,14 +327,21 @@ def load_coarse(path: str | Path) -> dict[str, Any]:
 # Training
 # ---------------------------------------------------------------------------------------------------------
 
-def network_optimizer(deformer: AudioPlaneDeformer, config: FineConfig) -> torch.optim.Adam:
+def network_optimizer(deformer: AudioPlaneDeformer, config: FineConfig) -> torch.optim.AdamW:
+    """Adam over three groups: the grids, the audio path (encoder, temporal attention, code norm, mouth-shape
+    readout; decoupled weight decay ``audio_weight_decay``) and the decoders."""
     grids = [p for name, p in deformer.named_parameters() if name.startswith(("plane.planes", "plane.lines",
                                                                               "plane.prototypes"))]
-    ids = {id(p) for p in grids}
+    audio = [p for name, p in deformer.named_parameters() if name.startswith(("encoder.", "attention.", "norm.",
+                                                                              "mouth_shape."))]
+    ids = {id(p) for p in grids + audio}
     rest = [p for p in deformer.parameters() if id(p) not in ids]
-    return torch.optim.Adam([{"name": "grids", "params": grids, "lr": config.lr_grids, "base": config.lr_grids},
-                             {"name": "networks", "params": rest, "lr": config.lr_networks,
-                              "base": config.lr_networks}])
+    return torch.optim.AdamW([
+        {"name": "grids", "params": grids, "lr": config.lr_grids, "base": config.lr_grids, "weight_decay": 0.0},
+        {"name": "audio", "params": audio, "lr": config.lr_networks, "base": config.lr_networks,
+         "weight_decay": config.audio_weight_decay},
+        {"name": "networks", "params": rest, "lr": config.lr_networks, "base": config.lr_networks,
+         "weight_decay": 0.0}])
 
 
 def scaled_rates(lr: LearningRates, factor: float) -> LearningRates:

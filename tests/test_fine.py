@@ -113,6 +113,24 @@ def test_mouth_shape_readout_learns_the_aperture_from_audio_alone(subject):
     assert result.log_rows[-1]["shape"] < 0.5 * result.log_rows[0]["shape"]
 
 
+def test_weight_decay_shrinks_the_audio_path_only():
+    """audio_weight_decay: with no gradient, one step scales the audio path's weights (encoder, attention, code
+    norm, readout) by 1 - lr * decay and leaves the grids and decoders as they are."""
+    torch.manual_seed(0)
+    deformer = AudioPlaneDeformer(AudioPlaneConfig(**SMALL_MODEL), torch.tensor([[-1.0] * 3, [1.0] * 3]))
+    config = small_config(audio_weight_decay=0.5, lr_networks=0.1)
+    optimizer = fine.network_optimizer(deformer, config)
+    before = {name: p.detach().clone() for name, p in deformer.named_parameters()}
+    for p in deformer.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    audio_path = ("encoder.", "attention.", "norm.", "mouth_shape.")
+    assert {name.split(".")[0] + "." for name in before if name.startswith(audio_path)} == set(audio_path)
+    for name, p in deformer.named_parameters():
+        factor = 1 - 0.1 * 0.5 if name.startswith(audio_path) else 1.0
+        torch.testing.assert_close(p.detach(), before[name] * factor, msg=name)
+
+
 def test_landmark_loss_opens_the_deformed_mouth_with_the_audio(subject):
     """The canonical mouth landmarks, moved by the deformation field and projected, learn how far the face mesh
     saw the lips part (3·signal px here) and predict it from the audio alone, on test frames too. The shape
