@@ -21,13 +21,12 @@ import tempfile
 from pathlib import Path
 
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import preset_settings  # noqa: E402
 from benchmarks.memory import run_measured  # noqa: E402
-from pipeline import config as pipeline_config  # noqa: E402
 
 
 def _spin() -> None:
@@ -48,9 +47,7 @@ def main() -> None:
     parser.add_argument("--busy", type=int, default=0, help="CPU-spinning processes running meanwhile")
     args = parser.parse_args()
 
-    config = pipeline_config.validate(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), "config",
-                                      "config/config.yaml")
-    settings = pipeline_config.stage_settings(config, args.preset, "fine")
+    settings = preset_settings(args.preset, "fine")
     settings.update(json.loads(args.settings))
     if args.iterations:
         settings["iterations"] = args.iterations

@@ -19,13 +19,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import preset_settings  # noqa: E402
 from benchmarks.memory import run_measured  # noqa: E402
-from pipeline import config as pipeline_config  # noqa: E402
 
 
 def main() -> None:
@@ -38,9 +37,7 @@ def main() -> None:
     parser.add_argument("--perceptual", choices=("lpips", "dssim"), default=None, help="override the loss term")
     args = parser.parse_args()
 
-    config = pipeline_config.validate(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), "config",
-                                      "config/config.yaml")
-    settings = pipeline_config.stage_settings(config, args.preset, "coarse")
+    settings = preset_settings(args.preset, "coarse")
     if args.iterations:
         settings["iterations"] = args.iterations
     if args.perceptual:
