@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline import landmarks as lmk  # noqa: E402
 from pipeline.audioplane import AudioPlaneDeformer, TalkingHead  # noqa: E402
-from pipeline.fine import FineConfig, network_optimizer  # noqa: E402
+from pipeline.fine import FineConfig, network_optimizer, standard_mouth_shape  # noqa: E402
 from pipeline.paths import SubjectPaths  # noqa: E402
 from pipeline.split import audio_safe_train_frames, train_test_split  # noqa: E402
 
@@ -86,8 +86,7 @@ def main() -> None:
     n = len(features)
     shape = lmk.mouth_shape(lmk.load_landmarks(paths.landmarks, n))
     train, test = train_test_split(n)
-    spread = np.maximum(shape[train].std(axis=0), 0.1)
-    z = torch.tensor((shape - shape[train].mean(axis=0)) / spread, dtype=torch.float32)
+    z = torch.tensor(standard_mouth_shape(shape, train), dtype=torch.float32)
     aperture = shape[:, 0]
 
     rows = []
@@ -101,7 +100,7 @@ def main() -> None:
     else:
         settings = {**preset_settings("cpu", "fine"), **json.loads(args.set)}
         base = FineConfig.from_dict(settings)
-        reach = base.model.temporal_radius + features.shape[1] // 4
+        reach = replace(base.model, window=features.shape[1]).audio_reach
         frames = audio_safe_train_frames(train, test, reach)
         for seed in args.seeds:
             deformer = train_readout(features, z, frames, replace(base, seed=seed), args.steps)

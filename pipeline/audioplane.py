@@ -62,6 +62,12 @@ class AudioPlaneConfig:
             raise PipelineError(f"fine settings: scales must be positive integers, got {self.scales}")
 
     @property
+    def audio_reach(self) -> int:
+        """Frames either side whose audio a frame's code hears: the window's half (2 steps a frame) and the
+        temporal attention's radius."""
+        return self.temporal_radius + self.window // 4
+
+    @property
     def delta_channels(self) -> int:
         """ΔG layout: position 3, rotation 4 (wxyz, added to the quaternion), log-scale 3, [colour 3], [opacity 1]."""
         return 10 + 3 * self.deform_color + self.deform_opacity

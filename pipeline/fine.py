@@ -180,6 +180,13 @@ def train_widths(gaussians: GaussianModel, views: HeadViews, mouth_width: int, c
     return widths
 
 
+def standard_mouth_shape(shape: np.ndarray, train: Sequence[int]) -> np.ndarray:
+    """Mouth shapes [N, 3] z-scored with the ``train`` frames' statistics (the test frames' stay unseen); a floor
+    of 0.1 px on the spread: a shape that never changes stays at 0 rather than amplifying landmark jitter."""
+    seen = shape[list(train)]
+    return (shape - seen.mean(axis=0)) / np.maximum(seen.std(axis=0), 0.1)
+
+
 class FineData:
     """What fine training reads per frame: the head views, the mouth views and boxes, the mouth masks and
     head masks (from the parsing) at the training size, head masks and (with the interior term) inner-mouth
@@ -224,12 +231,8 @@ class FineData:
                                             device=views.device)
         self.mouth_points = torch.tensor(marks[:, list(MOUTH_POINTS), :2] * (views.width / cams.width),
                                          dtype=torch.float32, device=views.device)
-        shape = lmk.mouth_shape(marks)
-        train = shape[cams.train]  # the test frames' landmarks stay unseen, their statistics too
-        # a floor of 0.1 px: a shape that never changes stays at 0 rather than amplifying landmark jitter
-        spread = np.maximum(train.std(axis=0), 0.1)
-        self.mouth_shape = torch.tensor((shape - train.mean(axis=0)) / spread, dtype=torch.float32,
-                                        device=views.device)
+        self.mouth_shape = torch.tensor(standard_mouth_shape(lmk.mouth_shape(marks), cams.train),
+                                        dtype=torch.float32, device=views.device)
 
     def __len__(self) -> int:
         return len(self.views)
@@ -450,7 +453,7 @@ def train_fine(data: FineData, coarse: dict[str, Any], config: FineConfig, check
     Checkpoints, SIGTERM and ``stop_after`` behave as in :func:`pipeline.train.train_coarse`.
     """
     views, device = data.views, data.views.device
-    reach = config.model.temporal_radius + config.model.window // 4
+    reach = config.model.audio_reach
     frames = audio_safe_train_frames(views.cameras.train, views.cameras.test, reach)
     if not frames:
         raise PipelineError("no training frame is far enough from the test split for its audio context; "
