@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline import landmarks as lmk  # noqa: E402
 from pipeline.audioplane import AudioPlaneDeformer, TalkingHead  # noqa: E402
-from pipeline.fine import FineConfig, network_optimizer, standard_mouth_shape  # noqa: E402
+from pipeline.fine import FineConfig, network_optimizer, rate_decay, standard_mouth_shape  # noqa: E402
 from pipeline.paths import SubjectPaths  # noqa: E402
 from pipeline.split import audio_safe_train_frames, train_test_split  # noqa: E402
 
@@ -50,16 +50,18 @@ def correlations(predicted: np.ndarray, truth: np.ndarray, test: list[int], trai
 
 def train_readout(features: torch.Tensor, shape: torch.Tensor, frames: list[int], config: FineConfig,
                   steps: int) -> AudioPlaneDeformer:
-    """The audio path trained on the mouth-shape readout alone (z-scored ``shape`` [N, 3])."""
+    """The audio path trained on the mouth-shape readout alone (z-scored ``shape`` [N, 3]), at the stage's
+    rates and their decay over ``steps``."""
+    config = replace(config, iterations=steps)
     torch.manual_seed(config.seed)
     model = replace(config.model, audio_channels=features.shape[2], window=features.shape[1])
     deformer = AudioPlaneDeformer(model, torch.tensor([[-1.0] * 3, [1.0] * 3]))
     optimizer = network_optimizer(deformer, config)  # grids and decoders get no gradient here, so stay put
     generator = torch.Generator().manual_seed(config.seed)
     pool = torch.tensor(frames)
-    for step in range(steps):
+    for step in range(1, steps + 1):
         for group in optimizer.param_groups:
-            group["lr"] = group["base"] * config.lr_final_ratio ** (step / steps)
+            group["lr"] = group["base"] * rate_decay(config, step)
         picks = pool[torch.randint(len(pool), (config.shape_batch,), generator=generator)]
         codes = deformer.code(features[deformer.neighbour_indices(picks, len(features))])
         loss = F.mse_loss(deformer.mouth_shape(codes), shape[picks])

@@ -330,6 +330,12 @@ def load_coarse(path: str | Path) -> dict[str, Any]:
 # Training
 # ---------------------------------------------------------------------------------------------------------
 
+def rate_decay(config: FineConfig, iteration: int) -> float:
+    """The fraction of the base learning rates at ``iteration`` (1 .. ``config.iterations``): exponential, down
+    to ``lr_final_ratio`` at the last."""
+    return config.lr_final_ratio ** (iteration / config.iterations)
+
+
 def network_optimizer(deformer: AudioPlaneDeformer, config: FineConfig) -> torch.optim.AdamW:
     """Adam over three groups: the grids, the audio path (encoder, temporal attention, code norm, mouth-shape
     readout; decoupled weight decay ``audio_weight_decay``) and the decoders."""
@@ -518,7 +524,7 @@ def train_fine(data: FineData, coarse: dict[str, Any], config: FineConfig, check
     bar = cli.progress(range(start + 1, config.iterations + 1), total=config.iterations, desc="fine")
     bar.update(start)
     for it in bar:
-        decay = config.lr_final_ratio ** (it / config.iterations)
+        decay = rate_decay(config, it)
         for group in n_optimizer.param_groups:
             group["lr"] = group["base"] * decay
         g_optimizer.param_groups[0]["lr"] = rates.means * scene_scale * decay
