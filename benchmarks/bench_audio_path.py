@@ -9,7 +9,8 @@ the code's mouth-shape readout (train_fine's ``lambda_shape`` term) on the test 
 the stage's audio path (encoder, temporal attention, code norm, readout; :class:`AudioPlaneDeformer`) with
 the stage's optimiser and rate schedule (:func:`pipeline.fine.network_optimizer`, the ``cpu`` preset's fine
 settings plus ``--set``) and trains it on that readout alone, ``shape_batch`` training frames a step (~1 min
-a seed on one core, against ~20 min for the stage), once per seed. ``--models`` reads the readout of trained
+a seed on one core, against ~20 min for the stage), once per seed; with ``model.audio_encoder: ridge`` the
+closed-form encoder is fitted once (it has no seed). ``--models`` reads the readout of trained
 ``fine.pt`` files instead. Either prints, per seed or model, Pearson r of the predicted aperture against the
 face mesh's on the test frames, r of frame-to-frame differences, and r on the training frames; then the
 mean, min and max over seeds.
@@ -31,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline import landmarks as lmk  # noqa: E402
+from pipeline.audio_ridge import fit_ridge  # noqa: E402
 from pipeline.audioplane import AudioPlaneDeformer, TalkingHead  # noqa: E402
 from pipeline.fine import FineConfig, network_optimizer, rate_decay, standard_mouth_shape  # noqa: E402
 from pipeline.paths import SubjectPaths  # noqa: E402
@@ -71,6 +73,19 @@ def train_readout(features: torch.Tensor, shape: torch.Tensor, frames: list[int]
     return deformer.eval()
 
 
+def fit_ridge_readout(features: torch.Tensor, shape: torch.Tensor, frames: list[int], config: FineConfig
+                      ) -> AudioPlaneDeformer:
+    """The ridge encoder (``model.audio_encoder: ridge``) fitted as train_fine fits it."""
+    model = replace(config.model, audio_channels=features.shape[2], window=features.shape[1])
+    deformer = AudioPlaneDeformer(model, torch.tensor([[-1.0] * 3, [1.0] * 3]))
+    r, c = model.temporal_radius, model.ridge_context
+    picked = torch.tensor(frames)
+    context = features[deformer.neighbour_indices(picked, len(features))][:, r - c:r + c + 1]
+    deformer.ridge.load_fit(fit_ridge(context.reshape(len(picked), -1).numpy(), shape[picked].numpy(),
+                                      gap=model.audio_reach))
+    return deformer.eval()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subject", type=Path, required=True, help="results/{subject}")
@@ -96,7 +111,7 @@ def main() -> None:
         for path in args.models:
             head = TalkingHead.load(path)
             with torch.no_grad():
-                predicted = head.deformer.mouth_shape(head.audio_codes(features))[:, 0].numpy()
+                predicted = head.deformer.shape_readout(head.audio_codes(features))[:, 0].numpy()
             rows.append({"model": str(path), **correlations(predicted, aperture, test, train)})
             print(json.dumps(rows[-1]), flush=True)
     else:
@@ -104,10 +119,14 @@ def main() -> None:
         base = FineConfig.from_dict(settings)
         reach = replace(base.model, window=features.shape[1]).audio_reach
         frames = audio_safe_train_frames(train, test, reach)
-        for seed in args.seeds:
-            deformer = train_readout(features, z, frames, replace(base, seed=seed), args.steps)
+        ridge = base.model.audio_encoder == "ridge"
+        for seed in args.seeds[:1] if ridge else args.seeds:  # the ridge has no seed
+            if ridge:
+                deformer = fit_ridge_readout(features, z, frames, base)
+            else:
+                deformer = train_readout(features, z, frames, replace(base, seed=seed), args.steps)
             with torch.no_grad():
-                predicted = deformer.mouth_shape(deformer.codes(features, torch.arange(n)))[:, 0].numpy()
+                predicted = deformer.shape_readout(deformer.codes(features, torch.arange(n)))[:, 0].numpy()
             rows.append({"seed": seed, **correlations(predicted, aperture, test, train)})
             print(json.dumps(rows[-1]), flush=True)
     r = np.array([row["test r"] for row in rows])

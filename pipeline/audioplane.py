@@ -25,11 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pipeline.audio_ridge import RidgeMouthShape
 from pipeline.gaussians import GaussianModel, rasterize
 from pipeline.gaussians.lowpass import training_lowpass
 from pipeline.io import PipelineError
 
 FUSIONS = ("concat", "add", "multiply")
+AUDIO_ENCODERS = ("network", "ridge")
 # plane (i, j) pairs with line k: (XY, Z), (XZ, Y), (YZ, X)
 _PLANE_AXES = ((0, 1), (0, 2), (1, 2))
 _LINE_AXIS = (2, 1, 0)
@@ -53,11 +55,23 @@ class AudioPlaneConfig:
     deform_opacity: bool = True  # ... and opacity (teeth and tongue can appear)
     blink: bool = True  # the decoders see the frame's eye openness
     decoder_audio: bool = True  # D1 also sees the audio code itself, beside f(x, a) (False: the paper's D1)
+    # network: the learnt encoder and temporal attention give a 64-channel code; ridge: the code is the mouth
+    # shape that a closed-form ridge regression reads off the window and its ±ridge_context neighbours'
+    # (pipeline/audio_ridge.py: no seed to the lip sync on unseen audio)
+    audio_encoder: str = "network"
+    ridge_context: int = 1
+    ridge_appearance: int = 0  # the ridge also predicts this many principal components of the mouth box's look
     position_scale: float = 0.01  # metres per unit of the position offset
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
             raise PipelineError(f"fine settings: fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
+        if self.audio_encoder not in AUDIO_ENCODERS:
+            raise PipelineError(f"fine settings: audio_encoder must be one of {', '.join(AUDIO_ENCODERS)}, "
+                                f"got {self.audio_encoder!r}")
+        if not 0 <= self.ridge_context <= self.temporal_radius:
+            raise PipelineError(f"fine settings: ridge_context must be in [0, temporal_radius], "
+                                f"got {self.ridge_context}")
         if not self.scales or any(s < 1 for s in self.scales):
             raise PipelineError(f"fine settings: scales must be positive integers, got {self.scales}")
 
@@ -66,6 +80,17 @@ class AudioPlaneConfig:
         """Frames either side whose audio a frame's code hears: the window's half (2 steps a frame) and the
         temporal attention's radius."""
         return self.temporal_radius + self.window // 4
+
+    @property
+    def code_dim(self) -> int:
+        """Channels of the per-frame audio code a: the network's ``audio_dim``, or the ridge's mouth shape (3) and
+        appearance scores."""
+        return 3 + self.ridge_appearance if self.audio_encoder == "ridge" else self.audio_dim
+
+    @property
+    def ridge_dims(self) -> int:
+        """Input size of the ridge encoder: 2 ``ridge_context`` + 1 windows of W x C features."""
+        return (2 * self.ridge_context + 1) * self.window * self.audio_channels
 
     @property
     def delta_channels(self) -> int:
@@ -131,13 +156,13 @@ class AudioPlane(nn.Module):
             self.planes.append(nn.Parameter(torch.empty(3, d, r, r).uniform_(0.1, 0.5)))
             self.lines.append(nn.Parameter(torch.empty(3, d, 1, r).uniform_(0.1, 0.5)))
             self.prototypes.append(nn.Parameter(torch.randn(r, d) * 0.5))
-        self.query = nn.Linear(config.audio_dim, d * len(config.scales)) if config.audio_plane else None
+        self.query = nn.Linear(config.code_dim, d * len(config.scales)) if config.audio_plane else None
 
     @property
     def out_dim(self) -> int:
         c = self.config
         per_scale = c.feature_dim * (3 if c.fusion == "concat" else 1)
-        return per_scale * len(c.scales) + (0 if c.audio_plane else c.audio_dim)
+        return per_scale * len(c.scales) + (0 if c.audio_plane else c.code_dim)
 
     def audio_features(self, code: Tensor) -> list[Tensor]:
         """f_a per scale, each [D]: cross-attention of q(a) over the prototype grid (K = V = A)."""
@@ -178,16 +203,19 @@ class AudioPlaneDeformer(nn.Module):
         super().__init__()
         self.config = config
         self.register_buffer("box", torch.as_tensor(box, dtype=torch.float32).reshape(2, 3).clone())
-        self.encoder = AudioEncoder(config.audio_channels, config.audio_dim)
-        self.attention = TemporalAttention(config.audio_dim, 2 * config.temporal_radius + 1)
-        # unit-scale codes: a large q saturates the prototype softmax, and then no gradient reaches the audio
-        self.norm = nn.LayerNorm(config.audio_dim)
-        # a linear readout of the mouth shape (aperture, width, chin drop: landmarks.mouth_shape) from the code,
-        # used in training only: its loss keeps the code about the mouth on real footage, where the image loss
-        # alone lets the code collapse to a constant
-        self.mouth_shape = nn.Linear(config.audio_dim, 3)
+        if config.audio_encoder == "ridge":
+            self.ridge = RidgeMouthShape(config.ridge_dims, config.code_dim)  # fitted by train_fine before step 1
+        else:
+            self.encoder = AudioEncoder(config.audio_channels, config.audio_dim)
+            self.attention = TemporalAttention(config.audio_dim, 2 * config.temporal_radius + 1)
+            # unit-scale codes: a large q saturates the prototype softmax, and then no gradient reaches the audio
+            self.norm = nn.LayerNorm(config.audio_dim)
+            # a linear readout of the mouth shape (aperture, width, chin drop: landmarks.mouth_shape) from the
+            # code, used in training only: its loss keeps the code about the mouth on real footage, where the
+            # image loss alone lets the code collapse to a constant
+            self.mouth_shape = nn.Linear(config.audio_dim, 3)
         self.plane = AudioPlane(config)
-        width = self.plane.out_dim + config.decoder_audio * config.audio_dim + config.blink
+        width = self.plane.out_dim + config.decoder_audio * config.code_dim + config.blink
         self.delta = nn.Sequential(nn.Linear(width, config.hidden), nn.ReLU(), nn.Linear(config.hidden, config.hidden),
                                    nn.ReLU(), nn.Linear(config.hidden, config.delta_channels))
         self.dynamism = nn.Sequential(nn.Linear(self.plane.out_dim, 32), nn.ReLU(), nn.Linear(32, 1))
@@ -201,9 +229,17 @@ class AudioPlaneDeformer(nn.Module):
         return (frames[:, None] + offsets).clamp(0, count - 1)
 
     def code(self, windows: Tensor) -> Tensor:
-        """Windows of B frames and their neighbours [B, 2r+1, W, C] -> smoothed audio codes [B, A]."""
+        """Windows of B frames and their neighbours [B, 2r+1, W, C] -> smoothed audio codes [B, A] (the ridge
+        encoder: mouth shapes [B, 3] from the middle 2 ``ridge_context`` + 1 windows)."""
+        if self.config.audio_encoder == "ridge":
+            r, c = self.config.temporal_radius, self.config.ridge_context
+            return self.ridge(windows[:, r - c:r + c + 1])
         raw = self.encoder(windows.reshape(-1, *windows.shape[2:]).float()).view(*windows.shape[:2], -1)
         return self.norm(self.attention(raw))
+
+    def shape_readout(self, codes: Tensor) -> Tensor:
+        """Audio codes [B, A] -> the mouth shape [B, 3] they predict (the ridge's codes are that shape)."""
+        return codes[:, :3] if self.config.audio_encoder == "ridge" else self.mouth_shape(codes)
 
     def codes(self, features: Tensor | np.ndarray, frames: Tensor, chunk: int = 256) -> Tensor:
         """Smoothed audio codes [B, A] of ``frames`` [B] of a clip's features [T, W, C]: a tensor, or an array

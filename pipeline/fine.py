@@ -55,11 +55,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from pipeline import cli
 from pipeline import landmarks as lmk
 from pipeline.audio import AudioStats
+from pipeline.audio_ridge import MAX_FIT_FRAMES, fit_ridge, principal_scores
 from pipeline.audioplane import (AudioPlaneConfig, AudioPlaneDeformer, TalkingHead, deform, displace,
                                   render_deformed)
 from pipeline.background import head_mask
@@ -353,6 +355,25 @@ def network_optimizer(deformer: AudioPlaneDeformer, config: FineConfig) -> torch
          "weight_decay": 0.0}])
 
 
+def fit_audio_ridge(deformer: AudioPlaneDeformer, data: FineData, frames: Sequence[int]) -> None:
+    """Fit the deformer's ridge encoder (:mod:`pipeline.audio_ridge`) on training ``frames`` (at most
+    ``MAX_FIT_FRAMES``, evenly spaced): their audio context against the mouth shape the face mesh measured and,
+    with ``ridge_appearance``, the first principal components of their mouth boxes (32² RGB)."""
+    picked = torch.tensor(frames)[evenly_spaced(len(frames), MAX_FIT_FRAMES)]
+    config = deformer.config
+    r, c = config.temporal_radius, config.ridge_context
+    context = data.windows(deformer.neighbour_indices(picked, len(data)))[:, r - c:r + c + 1]
+    targets = data.mouth_shape[picked].cpu().numpy()
+    if config.ridge_appearance:
+        looks = np.stack([F.interpolate(data.mouth_crop(int(f)).target.permute(2, 0, 1)[None], size=(32, 32),
+                                        mode="area").reshape(-1).cpu().numpy() for f in picked])
+        targets = np.concatenate([targets, principal_scores(looks, config.ridge_appearance)], axis=1)
+    fit = fit_ridge(context.reshape(len(picked), -1).cpu().numpy(), targets, gap=config.audio_reach)
+    deformer.ridge.load_fit(fit)
+    log.info("audio ridge: %d frames; aperture, width, chin drop[, appearance]: penalties %s, cross-validated r %s",
+             len(picked), fit.penalty.tolist(), np.round(fit.cv_r, 3).tolist())
+
+
 def scaled_rates(lr: LearningRates, factor: float) -> LearningRates:
     return LearningRates(**{f.name: getattr(lr, f.name) * factor for f in fields(lr)})
 
@@ -423,7 +444,7 @@ def fine_step(gaussians: GaussianModel, deformer: AudioPlaneDeformer, data: Fine
         offset = (predicted - predicted.mean(dim=0)) - (detected - detected.mean(dim=0))
         losses["landmarks"] = offset.abs().mean()
         loss = loss + config.lambda_landmarks * losses["landmarks"]
-    if config.lambda_shape > 0:
+    if config.lambda_shape > 0 and config.model.audio_encoder == "network":
         losses["shape"] = (deformer.mouth_shape(codes) - data.mouth_shape[frames]).square().mean()
         loss = loss + config.lambda_shape * losses["shape"]
     losses["loss"] = loss
@@ -484,6 +505,8 @@ def train_fine(data: FineData, coarse: dict[str, Any], config: FineConfig, check
                                        gaussians.sh_degree, generator, config.interior_opacity)
                     if config.mouth_interior else None)
         start, rows, elapsed = 0, [], 0.0
+        if config.model.audio_encoder == "ridge":
+            fit_audio_ridge(deformer, data, frames)
     else:
         gaussians = GaussianModel(**saved["gaussians"])
         interior = GaussianModel(**saved["interior"]) if saved["interior"] is not None else None

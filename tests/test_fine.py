@@ -113,6 +113,46 @@ def test_mouth_shape_readout_learns_the_aperture_from_audio_alone(subject):
     assert result.log_rows[-1]["shape"] < 0.5 * result.log_rows[0]["shape"]
 
 
+def test_ridge_encoder_is_fitted_on_training_audio_and_predicts_unseen_frames(subject):
+    """``audio_encoder: ridge``: before the first step the code becomes the mouth shape that a ridge regression
+    reads off the training frames' audio; it predicts how far the lips part on test frames, and the test split's
+    audio (and the frames whose context reaches into it) plays no part in the fit."""
+    config = small_config(iterations=1, model=AudioPlaneConfig(**SMALL_MODEL, audio_encoder="ridge"))
+    data = load(subject, config)
+    coarse = fine.load_coarse(subject["coarse"])
+    fitted = fine.train_fine(data, coarse, config, backend="torch").deformer
+    test = data.views.cameras.test
+    signal = np.load(subject["cameras"].parent / "signal.npy")
+    with torch.no_grad():
+        predicted = fitted.codes(data.feature_tensor(), torch.tensor(test))[:, 0].numpy()
+    assert np.corrcoef(predicted, signal[test])[0, 1] > 0.8
+    # the same fit with other audio in every window that hears the test split (a window spans ±W/4 frames)
+    first = min(test) - data.features.shape[1] // 4
+    changed = np.array(data.features)
+    changed[first:] = np.random.default_rng(0).normal(size=changed[first:].shape)
+    data.features = changed
+    refitted = fine.train_fine(data, coarse, config, backend="torch").deformer
+    for name in ("weight", "bias", "mean", "std"):
+        torch.testing.assert_close(getattr(refitted.ridge, name), getattr(fitted.ridge, name), msg=name)
+
+
+def test_ridge_appearance_adds_the_mouth_box_look_to_the_code(subject):
+    """``ridge_appearance``: the code carries, after the mouth shape, scores of the mouth box's principal
+    components, also predicted from audio: the fixture's mouth opens and darkens with its signal, so the first
+    follows the signal on test frames; the shape readout stays the first three channels."""
+    model = AudioPlaneConfig(**SMALL_MODEL, audio_encoder="ridge", ridge_appearance=2)
+    config = small_config(iterations=1, model=model)
+    data = load(subject, config)
+    deformer = fine.train_fine(data, fine.load_coarse(subject["coarse"]), config, backend="torch").deformer
+    test = data.views.cameras.test
+    with torch.no_grad():
+        codes = deformer.codes(data.feature_tensor(), torch.tensor(test))
+    assert codes.shape == (len(test), 5)
+    torch.testing.assert_close(deformer.shape_readout(codes), codes[:, :3])
+    signal = np.load(subject["cameras"].parent / "signal.npy")
+    assert abs(np.corrcoef(codes[:, 3].numpy(), signal[test])[0, 1]) > 0.8
+
+
 def test_weight_decay_shrinks_the_audio_path_only():
     """audio_weight_decay: with no gradient, one step scales the audio path's weights (encoder, attention, code
     norm, readout) by 1 - lr * decay and leaves the grids and decoders as they are."""
