@@ -1,7 +1,7 @@
 """How well the fine model's audio path alone predicts the mouth on the test split, over seeds.
 
     python benchmarks/bench_audio_path.py --subject results/macron [--extractor whisper] [--seeds 0 1 2 3]
-        [--steps 3000] [--set '{"audio_weight_decay": 0.1}']
+        [--steps 3000] [--set '{"model": {"resolution": 32, "audio_encoder": "network"}}']
     python benchmarks/bench_audio_path.py --subject results/macron --models a/fine.pt b/fine.pt
 
 The lip sync of a trained fine model on unseen audio follows how well its audio code predicts the mouth:
@@ -9,7 +9,8 @@ the code's mouth-shape readout (train_fine's ``lambda_shape`` term) on the test 
 the stage's audio path (encoder, temporal attention, code norm, readout; :class:`AudioPlaneDeformer`) with
 the stage's optimiser and rate schedule (:func:`pipeline.fine.network_optimizer`, the ``cpu`` preset's fine
 settings plus ``--set``) and trains it on that readout alone, ``shape_batch`` training frames a step (~1 min
-a seed on one core, against ~20 min for the stage), once per seed; with ``model.audio_encoder: ridge`` the
+a seed on one core, against ~20 min for the stage), once per seed; with ``model.audio_encoder: ridge`` (the
+``cpu`` preset's; ``--set '{"model": {"resolution": 32, "audio_encoder": "network"}}'`` for the learnt one) the
 closed-form encoder is fitted once (it has no seed). ``--models`` reads the readout of trained
 ``fine.pt`` files instead. Either prints, per seed or model, Pearson r of the predicted aperture against the
 face mesh's on the test frames, r of frame-to-frame differences, and r on the training frames; then the

@@ -24,6 +24,10 @@ Beside the renders, a linear readout of the audio code predicts the mouth shape 
 the frame (aperture, width, chin drop; z-scored over the training frames), MSE over ``shape_batch`` random
 training frames, weight ``lambda_shape``. On real footage the image loss alone lets the code collapse to a
 constant (the mouth then ignores the audio); this term keeps the code about the mouth.
+With ``model.audio_encoder: ridge`` (the ``cpu`` preset's) there is no learnt audio path: before the first step
+a ridge regression (:mod:`pipeline.audio_ridge`) is fitted from the training frames' audio context to that
+mouth shape (and, with ``model.ridge_appearance``, to principal components of the mouth box's look), and its
+prediction is the code; the readout term is then moot and off.
 The perceptual term is LPIPS (weight 0.05, the paper's) or D-SSIM (0.2). The canonical Gaussians keep
 training at ``gaussian_lr_scale`` times the coarse rates, with 3DGS densification; ``mouth_seed`` extra
 faint Gaussians behind the lips give the mouth interior something to show when it opens. ``mouth_interior`` Gaussians
