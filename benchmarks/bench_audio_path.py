@@ -76,8 +76,9 @@ def train_readout(features: torch.Tensor, shape: torch.Tensor, frames: list[int]
 
 def fit_ridge_readout(features: torch.Tensor, shape: torch.Tensor, frames: list[int], config: FineConfig
                       ) -> AudioPlaneDeformer:
-    """The ridge encoder (``model.audio_encoder: ridge``) fitted as train_fine fits it."""
-    model = replace(config.model, audio_channels=features.shape[2], window=features.shape[1])
+    """The ridge encoder (``model.audio_encoder: ridge``) fitted as train_fine fits it, on the mouth shape alone
+    (each output is solved apart, so appearance outputs would not change the shape's)."""
+    model = replace(config.model, audio_channels=features.shape[2], window=features.shape[1], ridge_appearance=0)
     deformer = AudioPlaneDeformer(model, torch.tensor([[-1.0] * 3, [1.0] * 3]))
     r, c = model.temporal_radius, model.ridge_context
     picked = torch.tensor(frames)

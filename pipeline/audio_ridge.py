@@ -1,14 +1,15 @@
-"""A closed-form audio encoder: ridge regression from a frame's audio context to its mouth shape.
+"""A closed-form audio encoder: ridge regression from a frame's audio context to its mouth.
 
 On a subject's few minutes of speech the learnt audio path (pipeline/audioplane.py's encoder and temporal
 attention) fits its training frames exactly and predicts unseen audio's mouth by an amount that depends on
 its random start (macron_50s, test-split aperture r 0.77-0.91 over eight seeds). Ridge regression on the
-same features is one convex problem: no seed, and it predicts unseen audio at least as well (macron 0.89,
-the demo 0.98; BENCHMARKS.md). Its input is the frame's feature window and those of ±``context``
-neighbours, flattened and standardised over the training frames; its output the mouth shape
-(aperture, width, chin drop, z-scored over the training frames; :func:`pipeline.fine.standard_mouth_shape`).
-Each output's penalty is chosen by blocked cross-validation on the training frames (contiguous folds, a
-gap of ``gap`` frames either side so that no held-out frame's audio overlaps a fitting frame's).
+same features is one convex problem: no seed, and it predicts unseen audio better (macron 0.88, the demo
+0.98; BENCHMARKS.md). Its input is the frame's feature window and those of ±``context`` neighbours,
+flattened and standardised over the training frames; its outputs the mouth shape (aperture, width, chin
+drop, z-scored over the training frames; :func:`pipeline.fine.standard_mouth_shape`) and optionally scores
+of the mouth box's principal components (:func:`principal_scores`). Each output's penalty is chosen by
+blocked cross-validation on the training frames (contiguous folds, a gap of ``gap`` frames either side so
+that no held-out frame's audio overlaps a fitting frame's).
 
 The fit solves the dual (an n x n system): features have thousands of dimensions, subjects ~10^3 frames.
 """
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-PENALTIES = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)  # times the mean squared feature norm, i.e. per dimension
+PENALTIES = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)  # per input dimension (the Gram matrix is / D)
 MAX_FIT_FRAMES = 3000  # evenly spaced training frames the fit reads at most (memory: frames x dimensions)
 
 
@@ -93,8 +94,8 @@ def principal_scores(x: np.ndarray, count: int) -> np.ndarray:
 
 
 class RidgeMouthShape(nn.Module):
-    """Frames' audio context [B, 2c+1, W, C] -> mouth shape [B, 3] (and ``outputs`` - 3 appearance scores) by a
-    fitted :class:`RidgeFit` (buffers, so fine.pt carries it; zeros until :meth:`load_fit`)."""
+    """Frames' audio context [B, 2c+1, W, C] -> [B, outputs]: the mouth shape (3) and any appearance scores,
+    by a fitted :class:`RidgeFit` (buffers, so fine.pt carries it; zeros until :meth:`load_fit`)."""
 
     def __init__(self, dims: int, outputs: int = 3):
         super().__init__()

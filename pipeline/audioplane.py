@@ -230,7 +230,8 @@ class AudioPlaneDeformer(nn.Module):
 
     def code(self, windows: Tensor) -> Tensor:
         """Windows of B frames and their neighbours [B, 2r+1, W, C] -> smoothed audio codes [B, A] (the ridge
-        encoder: mouth shapes [B, 3] from the middle 2 ``ridge_context`` + 1 windows)."""
+        encoder: mouth shape and appearance scores [B, 3 + ridge_appearance] from the middle 2 ``ridge_context``
+        + 1 windows)."""
         if self.config.audio_encoder == "ridge":
             r, c = self.config.temporal_radius, self.config.ridge_context
             return self.ridge(windows[:, r - c:r + c + 1])
