@@ -80,9 +80,8 @@ def fit_ridge_readout(features: torch.Tensor, shape: torch.Tensor, frames: list[
     (each output is solved apart, so appearance outputs would not change the shape's)."""
     model = replace(config.model, audio_channels=features.shape[2], window=features.shape[1], ridge_appearance=0)
     deformer = AudioPlaneDeformer(model, torch.tensor([[-1.0] * 3, [1.0] * 3]))
-    r, c = model.temporal_radius, model.ridge_context
     picked = torch.tensor(frames)
-    context = features[deformer.neighbour_indices(picked, len(features))][:, r - c:r + c + 1]
+    context = deformer.ridge_inputs(features[deformer.neighbour_indices(picked, len(features))])
     deformer.ridge.load_fit(fit_ridge(context.reshape(len(picked), -1).numpy(), shape[picked].numpy(),
                                       gap=model.audio_reach))
     return deformer.eval()

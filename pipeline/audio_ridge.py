@@ -56,13 +56,6 @@ def cross_validated(gram: np.ndarray, y: np.ndarray, penalty: float, folds: int,
     return predicted
 
 
-def pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pearson r per column of ``a`` and ``b`` [n, K] (0 where either is constant)."""
-    a, b = a - a.mean(axis=0), b - b.mean(axis=0)
-    norms = np.sqrt((a * a).sum(axis=0) * (b * b).sum(axis=0))
-    return np.where(norms > 0, (a * b).sum(axis=0) / np.maximum(norms, 1e-300), 0.0)
-
-
 def fit_ridge(x: np.ndarray, y: np.ndarray, folds: int = 5, gap: int = 12,
               penalties: tuple[float, ...] = PENALTIES) -> RidgeFit:
     """Ridge regression ``x`` [n, D] -> ``y`` [n, K] (rows in time order), each output with the penalty of
@@ -80,7 +73,7 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, folds: int = 5, gap: int = 12,
     centre = y.mean(axis=0)
     alpha = np.stack([_solve(gram, y[:, k] - centre[k], penalties[b]) for k, b in enumerate(best)], axis=1)
     weight = (z.T.astype(np.float64) @ alpha) / dims
-    cv_r = np.array([pearson(held_out[b][:, k:k + 1], y[:, k:k + 1])[0] for k, b in enumerate(best)])
+    cv_r = np.array([np.corrcoef(held_out[b][:, k], y[:, k])[0, 1] for k, b in enumerate(best)])
     return RidgeFit(weight=weight.astype(np.float32), bias=centre.astype(np.float32), mean=mean, std=std,
                     penalty=np.array([penalties[b] for b in best]), cv_r=cv_r)
 

@@ -233,10 +233,15 @@ class AudioPlaneDeformer(nn.Module):
         encoder: mouth shape and appearance scores [B, 3 + ridge_appearance] from the middle 2 ``ridge_context``
         + 1 windows)."""
         if self.config.audio_encoder == "ridge":
-            r, c = self.config.temporal_radius, self.config.ridge_context
-            return self.ridge(windows[:, r - c:r + c + 1])
+            return self.ridge(self.ridge_inputs(windows))
         raw = self.encoder(windows.reshape(-1, *windows.shape[2:]).float()).view(*windows.shape[:2], -1)
         return self.norm(self.attention(raw))
+
+    def ridge_inputs(self, windows: Tensor) -> Tensor:
+        """[B, 2r+1, W, C] windows of frames and their neighbours -> the middle [B, 2 ``ridge_context`` + 1, W, C]
+        that the ridge encoder reads."""
+        r, c = self.config.temporal_radius, self.config.ridge_context
+        return windows[:, r - c:r + c + 1]
 
     def shape_readout(self, codes: Tensor) -> Tensor:
         """Audio codes [B, A] -> the mouth shape [B, 3] they predict (the ridge's codes are that shape)."""

@@ -260,17 +260,25 @@ class FineData:
         """The head's share of each pixel [H, W] in [0, 1] (parsing head labels, box-filtered)."""
         return _unit(self.head_masks.pixels(index), self.views.device)
 
+    def _mouth_box(self, index: int) -> tuple[slice, slice]:
+        x0, y0, s = (int(v) for v in self.boxes[index])
+        return slice(y0, y0 + s), slice(x0, x0 + s)
+
+    def mouth_image(self, index: int) -> Tensor:
+        """The frame's mouth box [s, s, 3] at the mouth views' size (no masks decoded)."""
+        return self.mouth_views.image(index)[self._mouth_box(index)]
+
     def mouth_crop(self, index: int) -> MouthCrop:
         """The frame's mouth box at the mouth views' size."""
         x0, y0, s = (int(v) for v in self.boxes[index])
         mv = self.mouth_views
-        box = (slice(y0, y0 + s), slice(x0, x0 + s))
+        box = self._mouth_box(index)
         K = mv.K.clone()
         K[0, 2] -= x0
         K[1, 2] -= y0
         head = _unit(self.mouth_head_masks.pixels(index), mv.device)[box]
         inner = None if self.inner_mouths is None else _unit(self.inner_mouths.pixels(index), mv.device)[box]
-        return MouthCrop(target=mv.image(index)[box], plate=mv.background[box], head=head, inner=inner, K=K,
+        return MouthCrop(target=self.mouth_image(index), plate=mv.background[box], head=head, inner=inner, K=K,
                          side=s)
 
 
@@ -365,11 +373,10 @@ def fit_audio_ridge(deformer: AudioPlaneDeformer, data: FineData, frames: Sequen
     with ``ridge_appearance``, the first principal components of their mouth boxes (32² RGB)."""
     picked = torch.tensor(frames)[evenly_spaced(len(frames), MAX_FIT_FRAMES)]
     config = deformer.config
-    r, c = config.temporal_radius, config.ridge_context
-    context = data.windows(deformer.neighbour_indices(picked, len(data)))[:, r - c:r + c + 1]
+    context = deformer.ridge_inputs(data.windows(deformer.neighbour_indices(picked, len(data))))
     targets = data.mouth_shape[picked].cpu().numpy()
     if config.ridge_appearance:
-        looks = np.stack([F.interpolate(data.mouth_crop(int(f)).target.permute(2, 0, 1)[None], size=(32, 32),
+        looks = np.stack([F.interpolate(data.mouth_image(int(f)).permute(2, 0, 1)[None], size=(32, 32),
                                         mode="area").reshape(-1).cpu().numpy() for f in picked])
         targets = np.concatenate([targets, principal_scores(looks, config.ridge_appearance)], axis=1)
     fit = fit_ridge(context.reshape(len(picked), -1).cpu().numpy(), targets, gap=config.audio_reach)
