@@ -27,7 +27,10 @@ constant (the mouth then ignores the audio); this term keeps the code about the 
 With ``model.audio_encoder: ridge`` (the ``cpu`` preset's) there is no learnt audio path: before the first step
 a ridge regression (:mod:`pipeline.audio_ridge`) is fitted from the training frames' audio context to that
 mouth shape (and, with ``model.ridge_appearance``, to principal components of the mouth box's look), and its
-prediction is the code; the readout term is then moot and off.
+prediction is the code; the readout term is then moot and off. With ``measured_codes`` the training frames
+are driven by the ridge's targets themselves (their measured mouth code) and only unseen audio by its
+prediction: the prediction is the mean of the mouths whose audio resembles the frame's, and rendering a
+frame from it teaches the head that blurred mouth (two-stage talking heads train their renderer the same way).
 The perceptual term is LPIPS (weight 0.05, the paper's) or D-SSIM (0.2). The canonical Gaussians keep
 training at ``gaussian_lr_scale`` times the coarse rates, with 3DGS densification; ``mouth_seed`` extra
 faint Gaussians behind the lips give the mouth interior something to show when it opens. ``mouth_interior`` Gaussians
@@ -116,6 +119,7 @@ class FineConfig:
     lr_networks: float = 5e-4  # audio encoder, attention, decoders
     lr_final_ratio: float = 0.1  # network rates decay exponentially to this fraction
     audio_weight_decay: float = 0.0  # decoupled weight decay of the audio path: steadier lip sync on unseen audio
+    measured_codes: bool = False  # ridge encoder: training frames driven by their measured code, not its prediction
     gaussian_lr_scale: float = 0.1  # canonical Gaussians keep training at this fraction of the coarse rates
     densify: DensifyConfig = field(default_factory=lambda: DensifyConfig(start=1000, stop=50_000, every=500,
                                                                        reset_every=0))
@@ -135,6 +139,9 @@ class FineConfig:
         densify = replace(base.densify, **data.pop("densify", {}))
         config = replace(base, **data, model=model, densify=densify)
         check_perceptual(config.perceptual, "fine")
+        if config.measured_codes and config.model.audio_encoder != "ridge":
+            raise PipelineError("fine settings: measured_codes needs model.audio_encoder: ridge (the learnt encoder "
+                                "has no measured code to train on)")
         return config
 
     @property
@@ -367,19 +374,27 @@ def network_optimizer(deformer: AudioPlaneDeformer, config: FineConfig) -> torch
          "weight_decay": 0.0}])
 
 
-def fit_audio_ridge(deformer: AudioPlaneDeformer, data: FineData, frames: Sequence[int]) -> None:
+def measured_codes(data: FineData, frames: Sequence[int], appearance: int) -> np.ndarray:
+    """The ridge encoder's targets [len(frames), 3 + appearance] on ``frames``: the mouth shape the face mesh
+    measured and the first ``appearance`` principal components of their mouth boxes (32² RGB)."""
+    shape = data.mouth_shape[torch.tensor(frames)].cpu().numpy()
+    if not appearance:
+        return shape
+    looks = np.stack([F.interpolate(data.mouth_image(int(f)).permute(2, 0, 1)[None], size=(32, 32),
+                                    mode="area").reshape(-1).cpu().numpy() for f in frames])
+    return np.concatenate([shape, principal_scores(looks, appearance)], axis=1)
+
+
+def fit_audio_ridge(deformer: AudioPlaneDeformer, data: FineData, frames: Sequence[int],
+                    codes: np.ndarray) -> None:
     """Fit the deformer's ridge encoder (:mod:`pipeline.audio_ridge`) on training ``frames`` (at most
-    ``MAX_FIT_FRAMES``, evenly spaced): their audio context against the mouth shape the face mesh measured and,
-    with ``ridge_appearance``, the first principal components of their mouth boxes (32² RGB)."""
-    picked = torch.tensor(frames)[evenly_spaced(len(frames), MAX_FIT_FRAMES)]
+    ``MAX_FIT_FRAMES``, evenly spaced): their audio context against their ``codes`` [len(frames), K]
+    (:func:`measured_codes`)."""
+    rows = evenly_spaced(len(frames), MAX_FIT_FRAMES)
+    picked = torch.tensor(frames)[rows]
     config = deformer.config
     context = deformer.ridge_inputs(data.windows(deformer.neighbour_indices(picked, len(data))))
-    targets = data.mouth_shape[picked].cpu().numpy()
-    if config.ridge_appearance:
-        looks = np.stack([F.interpolate(data.mouth_image(int(f)).permute(2, 0, 1)[None], size=(32, 32),
-                                        mode="area").reshape(-1).cpu().numpy() for f in picked])
-        targets = np.concatenate([targets, principal_scores(looks, config.ridge_appearance)], axis=1)
-    fit = fit_ridge(context.reshape(len(picked), -1).cpu().numpy(), targets, gap=config.audio_reach)
+    fit = fit_ridge(context.reshape(len(picked), -1).cpu().numpy(), codes[rows], gap=config.audio_reach)
     deformer.ridge.load_fit(fit)
     log.info("audio ridge: %d frames; aperture, width, chin drop[, appearance]: penalties %s, cross-validated r %s",
              len(picked), fit.penalty.tolist(), np.round(fit.cv_r, 3).tolist())
@@ -403,16 +418,17 @@ class FineStep:
 def fine_step(gaussians: GaussianModel, deformer: AudioPlaneDeformer, data: FineData, frame: int, config: FineConfig,
               sh_degree: int, backend: str, perceptual: Callable[[Tensor, Tensor], Tensor],
               shape_frames: Tensor | None = None, background: Tensor | None = None,
-              interior: GaussianModel | None = None) -> FineStep:
+              interior: GaussianModel | None = None, measured_code: Tensor | None = None) -> FineStep:
     """Deform for ``frame``'s audio and compute the fine loss (see the module docstring); ``perceptual`` is
     :func:`pipeline.losses.perceptual_loss` of ``config.perceptual``; ``shape_frames`` [B]: further training
     frames of the mouth-shape readout (which always reads ``frame``); ``background`` [3]: the colour the
     renders are composited over (None: the plate); ``interior``: the mouth interior's Gaussians, rendered
-    after the head's (``gaussians``)."""
+    after the head's (``gaussians``); ``measured_code`` [K]: drive the frame with it instead of its audio's
+    code (``measured_codes``)."""
     views = data.views
     frames = torch.tensor([frame]) if shape_frames is None else torch.cat([torch.tensor([frame]), shape_frames])
     codes = deformer.code(data.windows(deformer.neighbour_indices(frames, len(data))))  # one encoder pass
-    code = codes[0]
+    code = codes[0] if measured_code is None else measured_code
     fixed_gate = config.dynamic_splatting and config.mask_trains_dynamism  # only the mask term trains d
     everything = gaussians if interior is None else concat_gaussians(gaussians, interior)
     delta, d = deformer(everything.means, code, float(data.blink[frame]))
@@ -516,14 +532,20 @@ def train_fine(data: FineData, coarse: dict[str, Any], config: FineConfig, check
                                        gaussians.sh_degree, generator, config.interior_opacity)
                     if config.mouth_interior else None)
         start, rows, elapsed = 0, [], 0.0
-        if config.model.audio_encoder == "ridge":
-            fit_audio_ridge(deformer, data, frames)
     else:
         gaussians = GaussianModel(**saved["gaussians"])
         interior = GaussianModel(**saved["interior"]) if saved["interior"] is not None else None
         deformer.load_state_dict(saved["deformer"])
         start, rows, elapsed = saved["iteration"], saved["log"], saved["seconds"]
         log.info("resuming fine training from iteration %d (%d Gaussians)", start, len(gaussians))
+    teacher = None
+    if config.model.audio_encoder == "ridge" and (saved is None or config.measured_codes):
+        codes = measured_codes(data, frames, config.model.ridge_appearance)
+        if saved is None:
+            fit_audio_ridge(deformer, data, frames, codes)
+        if config.measured_codes:
+            teacher = torch.full((len(data), codes.shape[1]), float("nan"), device=device)
+            teacher[torch.tensor(frames)] = torch.from_numpy(codes).float().to(device)
     gaussians = gaussians.map(lambda t: t.detach().clone().to(device)).requires_grad_()
     rates = scaled_rates(coarse_rates(coarse), config.gaussian_lr_scale)
     g_optimizer = make_optimizer(gaussians, rates, scene_scale)
@@ -567,7 +589,7 @@ def train_fine(data: FineData, coarse: dict[str, Any], config: FineConfig, check
         picks = pool[torch.randint(len(pool), (1 + config.shape_batch,), generator=generator)]
         background = torch.rand(3, generator=generator).to(device) if config.random_background else None
         step = fine_step(gaussians, deformer, data, int(picks[0]), config, sh_degree, backend, perceptual, picks[1:],
-                         background, interior)
+                         background, interior, None if teacher is None else teacher[picks[0]])
         step.raster.means2d.retain_grad()
         step.losses["loss"].backward()
         if it <= config.densify.stop:

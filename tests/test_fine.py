@@ -153,6 +153,37 @@ def test_ridge_appearance_adds_the_mouth_box_look_to_the_code(subject):
     assert abs(np.corrcoef(codes[:, 3].numpy(), signal[test])[0, 1]) > 0.8
 
 
+def test_measured_codes_drive_training_frames_and_audio_drives_the_rest(subject, monkeypatch):
+    """``measured_codes``: each training step is driven by its frame's measured code (the ridge's targets: the
+    face mesh's mouth shape, then the mouth box's principal scores), not by the ridge's prediction from its audio;
+    the trained deformer still codes any frame from its audio alone. The learnt encoder has no measured code."""
+    model = AudioPlaneConfig(**SMALL_MODEL, audio_encoder="ridge", ridge_appearance=2)
+    config = small_config(iterations=12, model=model, measured_codes=True)
+    data = load(subject, config)
+    frames = audio_safe_train_frames(data.views.cameras.train, data.views.cameras.test, model.audio_reach)
+    measured = fine.measured_codes(data, frames, 2)
+    assert measured.shape == (len(frames), 5)
+    np.testing.assert_array_equal(measured[:, :3], data.mouth_shape[torch.tensor(frames)].numpy())
+    seen = []
+    original = fine.fine_step
+
+    def spy(gaussians, deformer, data, frame, *args):
+        seen.append((frame, args[-1], deformer.codes(data.feature_tensor(), torch.tensor([frame]))[0].detach()))
+        return original(gaussians, deformer, data, frame, *args)
+
+    monkeypatch.setattr(fine, "fine_step", spy)
+    deformer = fine.train_fine(data, fine.load_coarse(subject["coarse"]), config, backend="torch").deformer
+    assert len(seen) == 12
+    for frame, driven, predicted in seen:
+        torch.testing.assert_close(driven, torch.from_numpy(measured[frames.index(frame)]).float())
+        assert not torch.allclose(driven, predicted, atol=1e-3)  # the prediction shrinks towards the mean
+    test = torch.tensor(data.views.cameras.test)
+    with torch.no_grad():
+        assert torch.isfinite(deformer.codes(data.feature_tensor(), test)).all()
+    with pytest.raises(PipelineError, match="measured_codes"):
+        fine.FineConfig.from_dict({"measured_codes": True})
+
+
 def test_weight_decay_shrinks_the_audio_path_only():
     """audio_weight_decay: with no gradient, one step scales the audio path's weights (encoder, attention, code
     norm, readout) by 1 - lr * decay and leaves the grids and decoders as they are."""
@@ -366,8 +397,12 @@ def test_training_never_sees_test_audio(subject, monkeypatch):
     assert max(seen) + reach < first_test and len(set(seen)) > 20
 
 
-def test_interrupted_training_resumes_exactly(subject, tmp_path):
+@pytest.mark.parametrize("encoder", ["network", "ridge, measured codes"])
+def test_interrupted_training_resumes_exactly(subject, tmp_path, encoder):
     config = small_config(iterations=30, densify=DensifyConfig(start=10, stop=20, every=10, reset_every=0))
+    if encoder != "network":  # the resumed run recomputes the measured codes and keeps the fitted ridge
+        config = replace(config, measured_codes=True,
+                         model=AudioPlaneConfig(**SMALL_MODEL, audio_encoder="ridge", ridge_appearance=2))
     data = load(subject, config)
     coarse = fine.load_coarse(subject["coarse"])
     full = fine.train_fine(data, coarse, config, backend="torch")
