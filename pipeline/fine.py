@@ -427,8 +427,11 @@ def fine_step(gaussians: GaussianModel, deformer: AudioPlaneDeformer, data: Fine
     code (``measured_codes``)."""
     views = data.views
     frames = torch.tensor([frame]) if shape_frames is None else torch.cat([torch.tensor([frame]), shape_frames])
-    codes = deformer.code(data.windows(deformer.neighbour_indices(frames, len(data))))  # one encoder pass
-    code = codes[0] if measured_code is None else measured_code
+    if measured_code is None:
+        codes = deformer.code(data.windows(deformer.neighbour_indices(frames, len(data))))  # one encoder pass
+        code = codes[0]
+    else:  # measured codes come with the ridge encoder, whose codes have no readout term to feed
+        code = measured_code
     fixed_gate = config.dynamic_splatting and config.mask_trains_dynamism  # only the mask term trains d
     everything = gaussians if interior is None else concat_gaussians(gaussians, interior)
     delta, d = deformer(everything.means, code, float(data.blink[frame]))
